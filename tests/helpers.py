@@ -1,0 +1,96 @@
+"""Small tools the tests share: test photos, polling with a deadline, child processes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from PIL import Image, ImageDraw
+
+from s2s.settings import Settings
+
+T = TypeVar("T")
+
+
+def photo_bytes(fmt: str = "JPEG", size: tuple[int, int] = (320, 400), seed: int = 0) -> bytes:
+    """A small picture with shapes in it, as a phone photo stands in for a child's portrait."""
+    img = Image.new("RGB", size, (200 - seed % 50, 170, 140))
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    draw.ellipse((w * 0.25, h * 0.15, w * 0.75, h * 0.6), fill=(240, 200, 170))
+    draw.ellipse((w * 0.38, h * 0.3, w * 0.45, h * 0.36), fill=(40, 40, 40))
+    draw.ellipse((w * 0.55, h * 0.3, w * 0.62, h * 0.36), fill=(40, 40, 40))
+    draw.rectangle((w * 0.2, h * 0.62, w * 0.8, h), fill=(30 + seed % 200, 90, 200))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_") and k not in ("REDIS_URL", "PORT")}
+    env.update(settings.environ())
+    env.update({k: str(v) for k, v in extra.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Processes:
+    """Starts ``python -m s2s ...`` children and makes sure none outlives the test."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.children: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], env: dict[str, str], name: str | None = None) -> subprocess.Popen:
+        name = name or f"{args[0]}-{len(self.children)}"
+        with open(self.log_dir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "s2s", *args], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc.log_path = self.log_dir / f"{name}.log"
+        self.children.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
+
+
+def http_json(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
+              timeout: float = 10) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()

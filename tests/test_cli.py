@@ -1,0 +1,128 @@
+"""The command line as a newcomer uses it: ``s2s up`` (with a restart mid-job) and ``s2s submit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+from PIL import Image
+
+from s2s.embedded import free_port
+from tests.helpers import child_env, http_json, photo_bytes, wait_until
+
+
+class Up:
+    """One ``s2s up`` run, watched from outside like a terminal would."""
+
+    def __init__(self, tmp_path, port: int, settings, **env):
+        self.log = tmp_path / f"up-{time.monotonic_ns()}.log"
+        environ = child_env(settings, **env)
+        environ.pop("REDIS_URL")  # embedded Redis, as on a fresh laptop
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "s2s", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                env=environ, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                start_new_session=True)
+        self.url = f"http://localhost:{port}"
+        wait_until(self._ready, timeout=40, interval=0.1, what="s2s up to print its URL")
+        me = psutil.Process(self.proc.pid)
+        self.family = [me, *me.children(recursive=True)]
+
+    def _ready(self):
+        assert self.proc.poll() is None, self.log.read_text()
+        return f"s2s is up at {self.url}" in self.log.read_text()
+
+    def interrupt(self) -> int:
+        """Ctrl-C, and check that nothing it started is left behind."""
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(60)
+        for p in self.family:
+            assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE, f"{p} left behind"
+        return code
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in getattr(self, "family", []):
+            if p.is_running():
+                p.kill()
+
+
+def post_job(url: str, tmp_path) -> str:
+    photo = tmp_path / "kid.jpg"
+    photo.write_bytes(photo_bytes())
+    done = subprocess.run([sys.executable, "-m", "s2s", "submit", str(photo), "--hero", "Leo", "--url", url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["jobId"]
+
+
+def job_status(url: str, job_id: str) -> dict:
+    code, _, body = http_json("GET", f"{url}/api/jobs/{job_id}/status")
+    assert code == 200, body
+    return json.loads(body)
+
+
+def test_a_job_accepted_before_a_restart_of_s2s_up_completes_after_it(tmp_path, settings):
+    port = free_port()
+    env = {"S2S_PROVIDER": "noop", "S2S_NOOP_DELAY_MS": "30000", "S2S_SHUTDOWN_GRACE_MS": "200"}
+    first = Up(tmp_path, port, settings, **env)
+    try:
+        job_id = post_job(first.url, tmp_path)
+        wait_until(lambda: job_status(first.url, job_id)["status"] == "processing", what="the job to start")
+        assert first.interrupt() == 0
+    finally:
+        first.kill()
+    assert "s2s stopped" in first.log.read_text()
+    second = Up(tmp_path, port, settings, **{**env, "S2S_NOOP_DELAY_MS": "100"})
+    try:
+        job = wait_until(lambda: (j := job_status(second.url, job_id))["status"] == "completed" and j,
+                         timeout=30, what="the job to complete after the restart")
+        assert job["attempts"] == 1  # the interrupted attempt was handed back, not used up
+        assert second.interrupt() == 0
+    finally:
+        second.kill()
+
+
+def test_submit_waits_shows_progress_and_saves_the_picture(tmp_path, stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="local")
+    photo = tmp_path / "kid.png"
+    photo.write_bytes(photo_bytes("PNG"))
+    out = tmp_path / "cover.png"
+    done = subprocess.run([sys.executable, "-m", "s2s", "submit", str(photo), "--hero", "Zoë", "--style", "sketch",
+                           "--kind", "page", "--url", url, "--wait", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "100%" in done.stderr and done.stdout.strip() == str(out)
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.width > picture.height  # a landscape page
+
+
+def test_submit_exits_non_zero_when_the_job_fails(tmp_path, stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="noop", S2S_NOOP_FAIL_ATTEMPTS=5)  # attempts: 3, fixed by the API at submit
+    photo = tmp_path / "kid.jpg"
+    photo.write_bytes(photo_bytes())
+    done = subprocess.run([sys.executable, "-m", "s2s", "submit", str(photo), "--hero", "Leo", "--url", url,
+                           "--wait", "-o", str(tmp_path / "never.png")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "job failed: Simulated upstream failure on attempt 3." in done.stderr
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_submit_reports_a_refused_photo(tmp_path, stack):
+    url = stack.api()
+    bogus = tmp_path / "not-a-photo.jpg"
+    bogus.write_bytes(b"this is text, not a JPEG")
+    done = subprocess.run([sys.executable, "-m", "s2s", "submit", str(bogus), "--hero", "Leo", "--url", url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "refused (400)" in done.stderr and "not a readable JPEG, PNG or WebP image" in done.stderr

@@ -1,0 +1,317 @@
+"""The queue's guarantees, exercised through its own API against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import attrs
+import pytest
+
+from s2s.models import JobStatus
+from s2s.queue import IdempotencyConflict, NewJob, Queue
+from tests.helpers import photo_bytes
+
+PHOTO = photo_bytes("PNG", (64, 64))
+
+
+def job(hero: str = "Mia") -> NewJob:
+    return NewJob(hero_name=hero, theme_id="adventure", style_key="watercolor", kind="cover", photo=PHOTO,
+                  photo_type="image/png")
+
+
+def run(settings, body, **changes):
+    """Run ``body(queue)`` on a fresh event loop with a queue built from (evolved) settings."""
+
+    async def main():
+        queue = Queue.connect(attrs.evolve(settings, **changes))
+        try:
+            return await body(queue)
+        finally:
+            await queue.close()
+
+    return asyncio.run(main())
+
+
+async def poll(check, timeout=10.0, what="condition"):
+    """Await ``check()`` until truthy, bounded by ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_claim_moves_a_job_from_waiting_to_processing(settings):
+    async def body(q: Queue):
+        job_id, created = await q.enqueue(job())
+        assert created and (await q.stats()).waiting == 1
+        batch = await q.claim("w1", 10)
+        assert [c.job_id for c in batch.claims] == [job_id]
+        assert batch.claims[0].attempt == 1 and batch.claims[0].hero_name == "Mia"
+        stats = await q.stats()
+        assert (stats.waiting, stats.active) == (0, 1)
+        state = await q.get(job_id)
+        assert state.status is JobStatus.PROCESSING and state.started_at is not None
+        assert (await q.claim("w2", 10)).claims == []
+
+    run(settings, body)
+
+
+def test_jobs_are_claimed_oldest_first_in_batches(settings):
+    async def body(q: Queue):
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(5)]
+        first = await q.claim("w1", 3)
+        second = await q.claim("w1", 3)
+        assert [c.job_id for c in first.claims] == ids[:3]
+        assert [c.job_id for c in second.claims] == ids[3:]
+
+    run(settings, body)
+
+
+def test_a_worker_whose_lease_was_taken_cannot_finish_the_job(settings):
+    async def body(q: Queue):
+        job_id, _ = await q.enqueue(job())
+        (stale,) = (await q.claim("worker-a", 1)).claims
+        # worker-a stops renewing its lease; the reaper takes the job back
+        await poll(q.reap, what="lease expiry")
+        (fresh,) = (await q.claim("worker-b", 1)).claims
+        assert fresh.fence != stale.fence and fresh.attempt == 2
+        assert not await q.progress(stale, 90, "still here")
+        assert not await q.complete(stale, b"stale image", "image/png", "noop")
+        assert await q.heartbeat("worker-a", {}, [stale]) == [job_id]
+        assert await q.complete(fresh, b"fresh image", "image/png", "noop")
+        assert not await q.complete(fresh, b"again", "image/png", "noop")
+        assert await q.result(job_id) == (b"fresh image", "image/png")
+        events = await q.events(job_id)
+        assert [e["type"] for e in events].count("job_completed") == 1
+        assert (await q.stats()).totals["completed"] == 1
+
+    run(settings, body, lease_ms=500)
+
+
+def test_heartbeat_keeps_a_lease_alive(settings):
+    async def body(q: Queue):
+        await q.enqueue(job())
+        (claim,) = (await q.claim("w1", 1)).claims
+        for _ in range(6):  # 6 x 200 ms > the 500 ms lease
+            assert await q.heartbeat("w1", {"pid": 1}, [claim]) == []
+            await asyncio.sleep(0.2)
+            assert await q.reap() == 0
+        assert await q.complete(claim, b"img", "image/png", "noop")
+
+    run(settings, body, lease_ms=500)
+
+
+def test_failures_retry_with_backoff_then_fail_with_the_error_kept(settings):
+    async def body(q: Queue):
+        job_id, _ = await q.enqueue(job())
+        for attempt in (1, 2):
+            (claim,) = (await poll(lambda: _claims(q), what=f"attempt {attempt}")).claims
+            assert claim.attempt == attempt
+            assert await q.fail(claim, f"upstream broke {attempt}", "upstream", retryable=True, delay_ms=300) == 2
+            state = await q.get(job_id)
+            assert state.status is JobStatus.QUEUED and state.retry_at is not None
+            assert state.to_json()["lastError"] == f"upstream broke {attempt}"
+            assert (await q.stats()).delayed == 1
+            assert (await q.claim("w", 1)).claims == []  # not before the delay
+        (claim,) = (await poll(lambda: _claims(q), what="attempt 3")).claims
+        assert await q.fail(claim, "upstream broke 3", "upstream", retryable=True, delay_ms=300) == 3
+        state = await q.get(job_id)
+        assert state.status is JobStatus.FAILED and state.attempts == 3
+        assert state.to_json()["error"] == "upstream broke 3"
+        stats = await q.stats()
+        assert (stats.failed, stats.delayed, stats.waiting, stats.active) == (1, 0, 0, 0)
+        assert [e["type"] for e in await q.events(job_id)][-1] == "job_failed"
+
+    run(settings, body, max_attempts=3)
+
+
+async def _claims(q: Queue):
+    batch = await q.claim("w", 1)
+    return batch if batch.claims else None
+
+
+def test_a_non_retryable_error_fails_at_once(settings):
+    async def body(q: Queue):
+        job_id, _ = await q.enqueue(job())
+        (claim,) = (await q.claim("w", 1)).claims
+        assert await q.fail(claim, "The photo was refused.", "content_policy", retryable=False, delay_ms=0) == 3
+        assert (await q.get(job_id)).status is JobStatus.FAILED
+
+    run(settings, body, max_attempts=5)
+
+
+def test_a_job_handed_back_at_shutdown_keeps_its_attempt_and_goes_first(settings):
+    async def body(q: Queue):
+        first, _ = await q.enqueue(job("first"))
+        second, _ = await q.enqueue(job("second"))
+        (claim,) = (await q.claim("w", 1)).claims
+        assert claim.job_id == first
+        assert await q.release(claim)
+        state = await q.get(first)
+        assert state.status is JobStatus.QUEUED and state.attempts == 0
+        again = (await q.claim("w", 1)).claims[0]
+        assert again.job_id == first and again.attempt == 1
+        assert not await q.complete(claim, b"x", "image/png", "noop")  # the released claim is fenced out
+        assert (await q.stats()).waiting == 1 and second
+
+    run(settings, body)
+
+
+def test_a_rate_limited_attempt_is_refunded(settings):
+    async def body(q: Queue):
+        job_id, _ = await q.enqueue(job())
+        (claim,) = (await q.claim("w", 1)).claims
+        assert await q.fail(claim, "Busy upstream", "rate_limited", retryable=True, delay_ms=10, refund=True) == 2
+        assert (await q.get(job_id)).attempts == 0
+
+    run(settings, body, max_attempts=1)
+
+
+def test_progress_never_goes_down(settings):
+    async def body(q: Queue):
+        job_id, _ = await q.enqueue(job())
+        (claim,) = (await q.claim("w", 1)).claims
+        for percent in (10, 40, 30, 80):
+            assert await q.progress(claim, percent, f"at {percent}")
+        state = await q.get(job_id)
+        assert state.progress == 80
+        seen = [e["progress"] for e in await q.events(job_id) if e["status"] == "processing"]
+        assert seen == sorted(seen) and seen[-1] == 80
+        assert [e["seq"] for e in await q.events(job_id)] == list(range(1, 7))
+
+    run(settings, body)
+
+
+def test_ended_jobs_and_their_images_expire_after_the_retention_time(settings, redis_client):
+    async def body(q: Queue):
+        job_id, _ = await q.enqueue(job())
+        (claim,) = (await q.claim("w", 1)).claims
+        await q.complete(claim, b"img", "image/png", "noop")
+        ttl = redis_client.pttl(q.keys.job(job_id))
+        assert 0 < ttl <= 1000
+        assert 0 < redis_client.pttl(q.keys.job_result(job_id)) <= 1000
+        assert 0 < redis_client.pttl(q.keys.job_input(job_id)) <= 1000
+        assert (await q.stats()).completed == 1
+
+        async def gone():
+            return await q.get(job_id) is None and await q.result(job_id) is None
+
+        await poll(gone, timeout=5, what="expiry")
+        assert (await q.stats()).completed == 0
+
+    run(settings, body, retention_seconds=1)
+
+
+def test_pause_stops_claims_and_resume_restarts_them(settings):
+    async def body(q: Queue):
+        await q.enqueue(job())
+        await q.pause()
+        batch = await q.claim("w", 5)
+        assert batch.paused and batch.claims == []
+        assert (await q.stats()).paused
+        await q.resume()
+        assert len((await q.claim("w", 5)).claims) == 1
+
+    run(settings, body)
+
+
+def test_a_cancelled_job_never_runs_and_a_running_one_is_fenced_out(settings):
+    async def body(q: Queue):
+        queued, _ = await q.enqueue(job("queued"))
+        running, _ = await q.enqueue(job("running"))
+        assert await q.cancel(queued) == "queued"
+        (claim,) = (await q.claim("w", 5)).claims
+        assert claim.job_id == running
+        assert await q.cancel(running) == "processing"
+        assert not await q.complete(claim, b"x", "image/png", "noop")
+        assert await q.cancel(running) == "cancelled"  # already ended: nothing changes
+        stats = await q.stats()
+        assert (stats.waiting, stats.active, stats.cancelled) == (0, 0, 2)
+        assert (await q.events(running))[-1]["type"] == "job_cancelled"
+        assert await q.retry(queued) == "cancelled"
+        assert (await q.claim("w", 5)).claims[0].job_id == queued
+
+    run(settings, body)
+
+
+def test_idempotency_key_returns_the_same_job_even_when_racing(settings):
+    async def body(q: Queue):
+        results = await asyncio.gather(*[q.enqueue(job(), "key-1") for _ in range(20)])
+        assert len({job_id for job_id, _ in results}) == 1
+        assert sum(created for _, created in results) == 1
+        assert (await q.stats()).waiting == 1
+        with pytest.raises(IdempotencyConflict):
+            await q.enqueue(job("someone else"), "key-1")
+
+    run(settings, body)
+
+
+def test_stats_stay_exact_while_many_workers_race(settings):
+    """Every snapshot accounts for every job exactly once while 8 workers claim, fail and finish."""
+    total = 300
+
+    async def body(q: Queue):
+        await asyncio.gather(*[q.enqueue(job(f"h{i}")) for i in range(total)])
+        rng = random.Random(7)
+        done = asyncio.Event()
+
+        async def worker(name: str):
+            while not done.is_set():
+                batch = await q.claim(name, rng.randint(1, 8))
+                if not batch.claims:
+                    await asyncio.sleep(0.005)
+                    continue
+                for claim in batch.claims:
+                    if rng.random() < 0.2:
+                        await q.fail(claim, "flaky", "x", retryable=True, delay_ms=rng.randint(0, 30))
+                    else:
+                        await q.complete(claim, b"img", "image/png", "noop")
+
+        async def auditor():
+            snapshots = 0
+            while True:
+                s = await q.stats()
+                assert s.waiting + s.active + s.delayed + s.completed + s.failed == total, s
+                snapshots += 1
+                if s.completed + s.failed == total:
+                    return snapshots
+                await asyncio.sleep(0)
+
+        workers = [asyncio.ensure_future(worker(f"w{i}")) for i in range(8)]
+        snapshots = await asyncio.wait_for(auditor(), timeout=60)
+        done.set()
+        await asyncio.gather(*workers)
+        stats = await q.stats()
+        assert stats.completed + stats.failed == total and snapshots > 10
+        assert stats.totals["completed"] == stats.completed
+
+    run(settings, body, max_attempts=3)
+
+
+def test_every_event_is_published_with_a_rising_seq(settings):
+    async def body(q: Queue):
+        pubsub = q.redis.pubsub()
+        await pubsub.subscribe(q.keys.events_channel)
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        job_id, _ = await q.enqueue(job())
+        (claim,) = (await q.claim("w", 1)).claims
+        await q.progress(claim, 50, "Halfway")
+        await q.complete(claim, b"img", "image/png", "noop")
+        frames = []
+        while len(frames) < 4:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+            assert message is not None, f"only {frames} arrived"
+            frames.append(json.loads(message["data"]))
+        await pubsub.aclose()
+        assert [f["seq"] for f in frames] == [1, 2, 3, 4]
+        assert [f["type"] for f in frames] == ["job_progress"] * 3 + ["job_completed"]
+        assert frames[-1]["result"]["imageUrl"] == f"/api/jobs/{job_id}/image"
+        assert frames == await q.events(job_id)
+
+    run(settings, body)

@@ -1,0 +1,158 @@
+"""Worker processes for real: end to end, SIGKILL, SIGSTOP, retries, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+
+from PIL import Image
+
+from tests.helpers import data_url, http_json, photo_bytes, wait_until
+
+
+def submit(url: str, **fields) -> str:
+    body = {"heroName": "Mia", "originalImageBase64": data_url(photo_bytes()), **fields}
+    status, _, raw = http_json("POST", url + "/api/jobs/generate-image", json.dumps(body).encode(),
+                               {"Content-Type": "application/json"})
+    assert status == 202, raw
+    return json.loads(raw)["jobId"]
+
+
+def status(url: str, job_id: str) -> dict:
+    code, _, raw = http_json("GET", f"{url}/api/jobs/{job_id}/status")
+    assert code == 200, raw
+    return json.loads(raw)
+
+
+def wait_status(url: str, job_id: str, wanted: str, timeout: float = 30.0) -> dict:
+    def check():
+        job = status(url, job_id)
+        assert job["status"] in (wanted, "queued", "processing"), job
+        return job if job["status"] == wanted else None
+
+    return wait_until(check, timeout=timeout, what=f"job {job_id} to be {wanted}")
+
+
+def test_a_photo_becomes_a_storybook_cover_end_to_end(stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="local")
+    job_id = submit(url, heroName="Ada", styleKey="cartoon", themeId="space", kind="cover")
+    seen = []
+
+    def finished():
+        job = status(url, job_id)
+        seen.append(job["progress"])
+        return job if job["status"] == "completed" else None
+
+    job = wait_until(finished, timeout=60, interval=0.05, what="the cover")
+    assert seen == sorted(seen), "progress went down"
+    assert job["provider"] == "local" and job["attempts"] == 1 and job["completedAt"].endswith("Z")
+    assert job["result"]["imageUrl"] == f"{url}/api/jobs/{job_id}/image"
+    code, headers, image = http_json("GET", job["result"]["imageUrl"])
+    assert code == 200 and headers["Content-Type"] == "image/png"
+    picture = Image.open(io.BytesIO(image))
+    assert picture.format == "PNG" and picture.height > picture.width  # a portrait cover
+    progress = [e for e in stack.events(job_id) if e["type"] == "job_progress" and e["status"] == "processing"]
+    assert len(progress) >= 4, "the renderer reports its real steps"
+    assert all(e["message"] for e in progress)
+    assert [e["progress"] for e in progress] == sorted(e["progress"] for e in progress)
+    assert [e["seq"] for e in stack.events(job_id)] == list(range(1, len(stack.events(job_id)) + 1))
+
+
+def test_a_job_whose_worker_is_killed_completes_once_on_another(stack):
+    url = stack.api()
+    doomed = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=20000)
+    job_id = submit(url)
+    wait_status(url, job_id, "processing")
+    assert stack.job(job_id)["worker"] == stack.worker_id(doomed)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(5)
+    rescuer = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=100)
+    job = wait_status(url, job_id, "completed", timeout=30)  # lease 1.5 s in tests; 15 s by default
+    assert job["attempts"] == 2
+    assert stack.job(job_id)["worker"] == stack.worker_id(rescuer)
+    assert [e["type"] for e in stack.events(job_id)].count("job_completed") == 1
+    stats = json.loads(http_json("GET", url + "/api/jobs/stats")[2])
+    assert (stats["completed"], stats["active"], stats["waiting"]) == (1, 0, 0)
+
+
+def test_a_frozen_worker_cannot_complete_a_job_taken_over_by_another(stack):
+    url = stack.api()
+    frozen = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=3000)
+    job_id = submit(url)
+    wait_status(url, job_id, "processing")
+    frozen.send_signal(signal.SIGSTOP)  # alive but silent: its lease runs out
+    try:
+        stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=100)
+        wait_status(url, job_id, "completed", timeout=30)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    # the frozen worker wakes up, finds its lease gone and gives the job up
+    gave_up = ("reason=lost", "no longer held", "lease was lost")
+    wait_until(lambda: any(s in frozen.log_path.read_text() for s in gave_up), timeout=15,
+               what="the stale worker to notice")
+    assert [e["type"] for e in stack.events(job_id)].count("job_completed") == 1
+    assert status(url, job_id)["attempts"] == 2
+
+
+def test_failures_are_retried_then_the_job_fails_with_its_error(stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="noop", S2S_NOOP_FAIL_ATTEMPTS=10)  # S2S_MAX_ATTEMPTS=3 by default
+    job_id = submit(url)
+    job = wait_status(url, job_id, "failed")
+    assert job["attempts"] == 3
+    assert job["error"] == "Simulated upstream failure on attempt 3."
+    assert job["failedAt"].endswith("Z")
+    retries = [e for e in stack.events(job_id) if e["type"] == "job_progress" and e["status"] == "queued"]
+    assert len(retries) == 3  # queued once at submit, then after attempts 1 and 2
+    assert stack.events(job_id)[-1]["type"] == "job_failed"
+
+
+def test_a_job_that_fails_once_completes_on_its_second_attempt(stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="noop", S2S_NOOP_FAIL_ATTEMPTS=1)
+    job = wait_status(url, submit(url), "completed")
+    assert job["attempts"] == 2
+
+
+def test_sigterm_lets_a_running_job_finish_then_exits(stack):
+    url = stack.api()
+    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=1500, S2S_SHUTDOWN_GRACE_MS=10000)
+    job_id = submit(url)
+    wait_status(url, job_id, "processing")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert status(url, job_id)["status"] == "completed"
+    assert not stack.redis.zrange(stack.keys.workers, 0, -1), "a drained worker leaves the registry"
+
+
+def test_sigterm_past_the_grace_period_hands_the_job_back_without_using_an_attempt(stack):
+    url = stack.api()
+    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=30000, S2S_SHUTDOWN_GRACE_MS=300)
+    job_id = submit(url)
+    wait_status(url, job_id, "processing")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    job = status(url, job_id)
+    assert (job["status"], job["attempts"]) == ("queued", 0)
+    stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=50)
+    assert wait_status(url, job_id, "completed")["attempts"] == 1
+
+
+def test_a_worker_runs_worker_concurrency_jobs_at_once(stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=2000, WORKER_CONCURRENCY=3)
+    ids = [submit(url, heroName=f"Kid {i}") for i in range(5)]
+
+    def three_active():
+        stats = json.loads(http_json("GET", url + "/api/jobs/stats")[2])
+        assert stats["active"] <= 3, stats
+        return stats if stats["active"] == 3 else None
+
+    stats = wait_until(three_active, timeout=15, what="three jobs running")
+    assert stats["waiting"] == 2
+    for job_id in ids:
+        wait_status(url, job_id, "completed")
+    assert os.getpid()
