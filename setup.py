@@ -30,7 +30,7 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9"],
+        "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["s2s=s2s.cli:main"]},
 )

@@ -3,16 +3,30 @@ and factories for API and worker processes that clean up what they start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
 import pytest
 import redis
+import tornado.ioloop
 
 from s2s.embedded import EmbeddedRedis, free_port
 from s2s.keys import Keys
 from s2s.settings import Settings
 from tests.helpers import Processes, child_env, http_json, wait_until
+
+
+@pytest.fixture
+def io_loop():
+    """pytest-tornado's per-test loop, without its deprecated make_current/clear_current,
+    which leave an unclosed asyncio loop behind for the next test file."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    io_loop = tornado.ioloop.IOLoop.current()
+    yield io_loop
+    io_loop.close(all_fds=True)
+    asyncio.set_event_loop(None)
 
 
 @pytest.fixture(scope="session")
