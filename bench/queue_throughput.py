@@ -81,22 +81,8 @@ def completed(client, queue) -> int:
     return int(client.hget(queue.keys.totals, "completed") or 0)
 
 
-async def phase_drain(settings, client, n: int) -> float:
-    queue = Queue.connect(settings)
-    ids = await enqueue_many(queue, n)
-    base = completed(client, queue)
-    worker = start_worker(settings, 50, 0)
-    try:
-        wait_done(client, queue, n, base)
-    finally:
-        stop_worker(worker)
-    rows = times(client, queue, ids, "startedAtUs", "completedAtUs")
-    await queue.close()
-    span = (max(r[1] for r in rows) - min(r[0] for r in rows)) / 1e6
-    return len(rows) / span
-
-
-async def phase_timed(settings, client, n: int, delay_ms: int) -> float:
+async def phase_backlog(settings, client, n: int, delay_ms: int) -> float:
+    """Queue ``n`` jobs first, then let one worker (concurrency 50) drain them; jobs/s."""
     queue = Queue.connect(settings)
     ids = await enqueue_many(queue, n)
     base = completed(client, queue)
@@ -154,10 +140,10 @@ def main() -> None:
             client = sync_redis.Redis.from_url(url)
             client.flushdb()
             print(f"redis {client.info('server')['redis_version']} at {url}; one worker process, noop provider")
-            rate = asyncio.run(phase_drain(settings, client, args.drain))
+            rate = asyncio.run(phase_backlog(settings, client, args.drain, 0))
             print(f"backlog drain: {args.drain} jobs, concurrency 50, delay 0: {rate:,.0f} jobs/s")
             client.flushdb()
-            rate = asyncio.run(phase_timed(settings, client, args.timed, 50))
+            rate = asyncio.run(phase_backlog(settings, client, args.timed, 50))
             print(f"{args.timed} jobs of 50 ms, concurrency 50: {rate:,.0f} jobs/s")
             client.flushdb()
             p50, p99, n = asyncio.run(phase_latency(settings, client, args.rate, args.seconds))

@@ -53,8 +53,13 @@ def cmd_worker(args) -> int:
     from s2s.queue import Queue
     from s2s.worker import Worker
 
-    worker = Worker(settings=settings, queue=Queue.connect(settings), provider=make_provider(settings),
-                    catalog=Catalog.load(settings.config_dir))
+    queue = Queue.connect(settings)
+    try:
+        provider = make_provider(settings, redis=queue.redis)  # the redis: limits shared by every worker
+    except SettingsError as exc:
+        print(f"s2s: bad setting: {exc}", file=sys.stderr)
+        return 2
+    worker = Worker(settings=settings, queue=queue, provider=provider, catalog=Catalog.load(settings.config_dir))
     worker.run()
     return 0
 

@@ -83,6 +83,23 @@ class Keys:
         """STRING: request fingerprint and job id of an ``Idempotency-Key``."""
         return f"{self.prefix}:idem:{key}"
 
+    # --- upstream providers ---
+    def rate_requests(self, provider: str) -> str:
+        """ZSET request token -> start time (ms): the provider's calls in the last minute."""
+        return f"{self.prefix}:rate:{provider}:requests"
+
+    def rate_slots(self, provider: str) -> str:
+        """ZSET slot token -> lease deadline (ms): the provider's calls in flight, dropped when not renewed."""
+        return f"{self.prefix}:rate:{provider}:slots"
+
+    def rate_pause(self, provider: str) -> str:
+        """STRING present (with a TTL) while the provider asked us to back off (429 Retry-After)."""
+        return f"{self.prefix}:rate:{provider}:pause"
+
+    def provider_state(self, provider: str) -> str:
+        """STRING (JSON reason, with a TTL) present while the provider refuses our credentials."""
+        return f"{self.prefix}:provider:{provider}:state"
+
     # --- pub/sub ---
     @property
     def events_channel(self) -> str:

@@ -23,6 +23,8 @@ from s2s.models import Job, Stats, image_path
 from s2s.settings import Settings
 
 MAX_EVENTS = 200  # per-job event log bound; a job has a dozen in a normal life
+MAX_REFUNDS = 20  # rate-limited attempts given back per job; past that they count
+WORKER_MEMORY_MS = 3600 * 1000  # a worker that stopped is still listed (as dead) for an hour
 INLINE_PHOTO_BYTES = 256 * 1024  # small photos come back with the claim itself, saving a round trip
 
 
@@ -232,8 +234,7 @@ class Queue:
     async def heartbeat(self, worker_id: str, info: dict, holding: Iterable[Claim]) -> list[str]:
         """Renew the leases of the jobs in hand and the worker's presence; return ids no longer ours."""
         k = self.keys
-        args: list = [self.settings.lease_ms, self._job_prefix, worker_id, self.settings.lease_ms * 3,
-                      json.dumps(info)]
+        args: list = [self.settings.lease_ms, self._job_prefix, worker_id, WORKER_MEMORY_MS, json.dumps(info)]
         for claim in holding:
             args += [claim.job_id, claim.fence]
         lost = await self.pipeliner.call("extend", [k.active, k.workers, k.worker(worker_id)], args)
@@ -274,7 +275,7 @@ class Queue:
         return int(await self.pipeliner.call(
             "fail", [k.job(j), k.job_events(j), k.job_input(j), k.active, k.delayed, k.failed, k.totals],
             [claim.fence, error, code, int(retryable), int(delay_ms), self.retention_ms, k.events_channel,
-             MAX_EVENTS, int(refund)]))
+             MAX_EVENTS, int(refund), MAX_REFUNDS]))
 
     async def release(self, claim: Claim) -> bool:
         """Give a job back (shutdown): front of the queue, attempt not counted."""
@@ -291,14 +292,21 @@ class Queue:
             self.redis, "reap", [k.active, k.waiting, k.failed, k.totals, k.completed, k.cancelled],
             [self._job_prefix, self._events_suffix, self._input_suffix, *self._common(), limit]))
 
-    async def workers(self, alive_within_ms: int | None = None) -> list[dict]:
-        """Worker processes seen recently, with what they last said of themselves."""
+    def alive_within_ms(self) -> int:
+        """A worker heard from within this long is alive (three missed heartbeats)."""
+        return self.settings.lease_ms
+
+    async def now_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return seconds * 1000 + micros // 1000
+
+    async def workers(self, include_dead: bool = False) -> list[dict]:
+        """Worker processes with what they last said of themselves; ``alive`` says if they still beat."""
         k = self.keys
-        now_s, now_us = await self.redis.time()
-        now = now_s * 1000 + now_us // 1000
-        horizon = now - (alive_within_ms if alive_within_ms is not None else self.settings.lease_ms * 3)
-        await self.redis.zremrangebyscore(k.workers, "-inf", now - self.retention_ms)
-        entries = await self.redis.zrangebyscore(k.workers, horizon, "+inf", withscores=True)
+        now = await self.now_ms()
+        await self.redis.zremrangebyscore(k.workers, "-inf", now - WORKER_MEMORY_MS)
+        low = "-inf" if include_dead else now - self.alive_within_ms()
+        entries = await self.redis.zrangebyscore(k.workers, low, "+inf", withscores=True)
         if not entries:
             return []
         infos = await self.redis.mget([k.worker(_s(w)) for w, _ in entries])
@@ -307,7 +315,53 @@ class Queue:
             if info is None:
                 continue
             data = json.loads(info)
-            data.update(id=_s(wid), lastSeenMs=now - int(seen))
+            age = now - int(seen)
+            data.update(id=_s(wid), lastSeenMs=age, alive=age <= self.alive_within_ms())
             out.append(data)
         return out
+
+    async def list_jobs(self, state: str, limit: int = 50) -> list[Job]:
+        """The newest ``limit`` jobs in one state (waiting: oldest first, as they will run)."""
+        k = self.keys
+        if state == "waiting":
+            ids = list(reversed(await self.redis.lrange(k.waiting, -limit, -1)))
+        else:
+            ids = await self.redis.zrevrange({"active": k.active, "delayed": k.delayed, "completed": k.completed,
+                                              "failed": k.failed, "cancelled": k.cancelled}[state], 0, limit - 1)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(k.job(_s(job_id)))
+        jobs = []
+        for raw in await pipe.execute():
+            if raw and b"id" in raw:
+                jobs.append(Job.from_redis({_s(a): _s(b) for a, b in raw.items()}))
+        return jobs
+
+    async def oldest_waiting_age_ms(self) -> int | None:
+        """How long the next job in line has waited, or None when nothing waits."""
+        oldest = await self.redis.lindex(self.keys.waiting, -1)
+        if oldest is None:
+            return None
+        created = await self.redis.hget(self.keys.job(_s(oldest)), "createdAt")
+        return max(0, await self.now_ms() - int(created)) if created else None
+
+    async def snapshot(self) -> dict:
+        """The body of GET /api/jobs/stats: counts, plus the oldest wait and recent run times."""
+        body = (await self.stats()).to_json()
+        body["oldestWaitingAgeMs"] = await self.oldest_waiting_age_ms()
+        durations = sorted(await self.recent_durations_ms())
+        body["durationMs"] = {
+            "p50": durations[len(durations) // 2] if durations else None,
+            "p95": durations[min(len(durations) - 1, int(len(durations) * 0.95))] if durations else None,
+            "sample": len(durations),
+        }
+        return body
+
+    async def recent_durations_ms(self, sample: int = 200) -> list[int]:
+        """Run times (start to completion) of the most recently completed jobs."""
+        ids = await self.redis.zrevrange(self.keys.completed, 0, sample - 1)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.keys.job(_s(job_id)), "startedAt", "completedAt")
+        return [int(done) - int(start) for start, done in await pipe.execute() if start and done]
 

@@ -63,6 +63,28 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise SettingsError(f"{name}={raw!r}: must start with http:// or https://")
+    return value
+
+
+def _optional_url(name: str, raw: str) -> str | None:
+    return _url(name, raw) if raw.strip() else None
+
+
+def _image_size(name: str, raw: str) -> str | None:
+    """``auto`` or ``WIDTHxHEIGHT``; blank means "take it from the kind"."""
+    value = raw.strip().lower()
+    if not value:
+        return None
+    width, sep, height = value.partition("x")
+    if value != "auto" and not (sep and width.isdigit() and height.isdigit()):
+        raise SettingsError(f"{name}={raw!r}: must be auto or WIDTHxHEIGHT, e.g. 1024x1536")
+    return value
+
+
 def _bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -125,6 +147,29 @@ class Settings:
     trust_proxy: bool = _env("S2S_TRUST_PROXY", _bool, False,
                              "take client address and scheme from X-Forwarded-* (behind Render's proxy)")
     log_level: str = _env("S2S_LOG_LEVEL", _choice(("debug", "info", "warning", "error")), "info", "log level")
+    # --- providers ---
+    openai_base_url: str | None = _env("OPENAI_BASE_URL", _optional_url, None,
+                                       "OpenAI API base, with /v1; unset: https://api.openai.com/v1")
+    openai_model: str = _env("S2S_OPENAI_MODEL", _text, "gpt-image-2", "OpenAI image model used for edits")
+    openai_size: str | None = _env("S2S_OPENAI_SIZE", _image_size, None,
+                                   "OpenAI output size (WxH or auto); unset: the kind's shape, 1024x1536 or 1536x1024")
+    openai_quality: str = _env("S2S_OPENAI_QUALITY", _choice(("low", "medium", "high", "auto")), "medium",
+                               "OpenAI quality: low, medium, high or auto (higher costs more and takes longer)")
+    openai_partial_images: int = _env("S2S_OPENAI_PARTIAL_IMAGES", _int(0, 3), 2,
+                                      "drafts OpenAI streams before the final picture, each one a progress step")
+    qwen_base_url: str = _env("QWEN_BASE_URL", _url, "https://dashscope-intl.aliyuncs.com",
+                              "DashScope base (keys work only in their region; China: https://dashscope.aliyuncs.com)")
+    qwen_model: str = _env("S2S_QWEN_MODEL", _text, "qwen-image-edit-plus",
+                           "Qwen image edit model (qwen-image-edit-plus, qwen-image-edit-max, qwen-image-edit)")
+    upstream_timeout_ms: int = _env("S2S_UPSTREAM_TIMEOUT_MS", _int(1000), 180000,
+                                    "longest one upstream image call may take before it is retried")
+    openai_rpm: int = _env("S2S_OPENAI_RPM", _int(0), 20,
+                           "OpenAI requests per minute, shared by every worker (0: no limit)")
+    openai_concurrency: int = _env("S2S_OPENAI_CONCURRENCY", _int(0), 4,
+                                   "OpenAI calls in flight at once, across every worker (0: no limit)")
+    qwen_rpm: int = _env("S2S_QWEN_RPM", _int(0), 60, "Qwen requests per minute, shared by every worker (0: no limit)")
+    qwen_concurrency: int = _env("S2S_QWEN_CONCURRENCY", _int(0), 2,
+                                 "Qwen calls in flight at once, across every worker (0: no limit)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env",

@@ -21,17 +21,15 @@ import time
 import redis.exceptions
 
 from s2s.catalog import Catalog
+from s2s.provider_state import ProviderHealth
 from s2s.providers.base import GenerationRequest, Provider, ProviderError
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
+from s2s.timeouts import cancel_requested
 
 log = logging.getLogger("s2s.worker")
 
 UNEXPECTED_ERROR = "Something went wrong while making the picture."
-
-
-class LeaseLost(Exception):
-    """This worker no longer holds the job (reaped or cancelled): stop quietly."""
 
 
 def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random = random._inst) -> int:
@@ -46,6 +44,7 @@ class Worker:
         self.settings = settings
         self.queue = queue
         self.provider = provider
+        self.provider_health = ProviderHealth(queue.redis, queue.keys, provider.name)
         self.catalog = catalog
         self.concurrency = concurrency or settings.worker_concurrency
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -180,6 +179,8 @@ class Worker:
 
         try:
             photo = claim.photo or await self.queue.load_photo(claim.job_id)
+            if cancel_requested():  # a cancel swallowed inside redis-py's wait_for (Python < 3.12)
+                raise asyncio.CancelledError
             if photo is None:
                 raise ProviderError("The uploaded photo is no longer available.", retryable=False,
                                     code="photo_missing")
@@ -188,6 +189,7 @@ class Worker:
                 style=self.catalog.styles[claim.style_key], kind=self.catalog.kinds[claim.kind],
                 photo=photo, photo_content_type=claim.photo_type, attempt=claim.attempt)
             image = await self.provider.generate(request, report)
+            await self.provider_health.succeeded()
             # take over our own slot: the next job is claimed in the same round trip
             wanted = 0 if self._draining else 1
             ok, batch = await self.queue.complete_and_claim(claim, image.data, image.content_type,
@@ -199,8 +201,6 @@ class Worker:
                 log.debug("job completed", extra=ctx)
             else:
                 log.info("job finished after its lease was lost; result dropped", extra=ctx)
-        except LeaseLost:
-            log.info("job no longer held by this worker", extra=ctx)
         except asyncio.CancelledError:
             reason = self._stop_reason.get(claim.job_id, "shutdown")
             if reason == "shutdown":
@@ -209,6 +209,7 @@ class Worker:
             else:
                 log.info("job stopped", extra={**ctx, "reason": reason})
         except ProviderError as exc:
+            await self.provider_health.failed(exc, self.id)
             await self._record_failure(claim, exc.message, exc.code, retryable=exc.retryable,
                                        retry_after=exc.retry_after, refund=exc.code == "rate_limited", ctx=ctx)
         except KeyError as exc:

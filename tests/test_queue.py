@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from s2s.models import JobStatus
-from s2s.queue import IdempotencyConflict, NewJob, Queue
+from s2s.queue import MAX_REFUNDS, IdempotencyConflict, NewJob, Queue
 from tests.helpers import photo_bytes
 
 PHOTO = photo_bytes("PNG", (64, 64))
@@ -171,6 +171,22 @@ def test_a_rate_limited_attempt_is_refunded(settings):
         assert (await q.get(job_id)).attempts == 0
 
     run(settings, body, max_attempts=1)
+
+
+def test_refunds_stop_after_a_limit_so_an_endless_429_still_ends(settings):
+    async def body(q: Queue):
+        job_id, _ = await q.enqueue(job())
+        outcomes = []
+        for _ in range(MAX_REFUNDS + 2):
+            (claim,) = (await poll(lambda: _claims(q), what="the retry")).claims
+            outcomes.append(await q.fail(claim, "Busy upstream", "rate_limited", retryable=True, delay_ms=0,
+                                         refund=True))
+            if outcomes[-1] == 3:
+                break
+        assert outcomes == [2] * MAX_REFUNDS + [2, 3]  # then attempts count: 2 of them at max_attempts 2
+        assert (await q.get(job_id)).status is JobStatus.FAILED
+
+    run(settings, body, max_attempts=2)
 
 
 def test_progress_never_goes_down(settings):

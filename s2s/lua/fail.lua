@@ -1,6 +1,7 @@
 -- A failed attempt: retry after a delay while attempts remain and the error is retryable, else fail.
 -- KEYS: job, events, input, active, delayed, failed, totals
--- ARGV: fence, error, code, retryable (0/1), delay_ms, retention_ms, channel, max_events, refund (0/1)
+-- ARGV: fence, error, code, retryable (0/1), delay_ms, retention_ms, channel, max_events, refund (0/1),
+--       max_refunds
 -- Returns 0 (stale), 2 (retry scheduled) or 3 (failed for good)
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'processing' then
   return 0
@@ -9,7 +10,11 @@ local id = redis.call('HGET', KEYS[1], 'id')
 local now = now_ms()
 local ttl = tonumber(ARGV[6])
 redis.call('ZREM', KEYS[4], id)
-if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+-- a refunded attempt (upstream rate limit) is given back, but only so many times: an upstream that
+-- answers 429 for ever must not keep a job queued for ever
+if ARGV[9] == '1' and redis.call('HINCRBY', KEYS[1], 'refunds', 1) <= tonumber(ARGV[10]) then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
 local max_attempts = tonumber(redis.call('HGET', KEYS[1], 'maxAttempts'))
 if ARGV[4] == '1' and attempts < max_attempts then

@@ -18,7 +18,7 @@ import redis.exceptions
 import tornado.web
 from attrs import frozen
 
-from s2s import uploads
+from s2s import provider_state, uploads
 from s2s.catalog import Catalog
 from s2s.models import JobStatus, status_path
 from s2s.queue import IdempotencyConflict, Queue
@@ -227,7 +227,7 @@ class JobImageHandler(ApiHandler):
 class StatsHandler(ApiHandler):
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.answer((await self.ctx.queue.stats()).to_json())
+        self.answer(await self.ctx.queue.snapshot())
 
 
 class HealthHandler(ApiHandler):
@@ -238,11 +238,14 @@ class HealthHandler(ApiHandler):
             await asyncio.wait_for(self.ctx.queue.redis.ping(), timeout=1.0)
             rtt = (time.perf_counter() - started) * 1000
             workers = await asyncio.wait_for(self.ctx.queue.workers(), timeout=1.0)
+            provider = await asyncio.wait_for(provider_state.read(
+                self.ctx.queue.redis, self.ctx.queue.keys, self.ctx.settings.effective_provider), timeout=1.0)
         except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
             return self.answer({"status": "unhealthy", "reason": f"Redis is not answering: {exc or 'timeout'}",
                                 "redis": {"ok": False}}, 503)
+        # a refused key is the operator's to fix, not a reason for a load balancer to pull the API: still 200
         self.answer({"status": "ok", "redis": {"ok": True, "rttMs": round(rtt, 2)},
-                     "workers": {"alive": len(workers)}, "provider": self.ctx.settings.effective_provider})
+                     "workers": {"alive": len(workers)}, "provider": provider.to_json()})
 
 
 class CatalogHandler(ApiHandler):

@@ -1,0 +1,1 @@
+"""Fake upstreams for the AI providers, following their documented HTTP contracts (tests only)."""
