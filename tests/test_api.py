@@ -726,3 +726,85 @@ class TestOperator:
         resp = await call(http_client, base_url, "/api/queue/resume", "POST", headers=operator())
         assert resp.code == 200 and json_of(resp)["paused"] is False
         assert (await stats_of(http_client, base_url))["paused"] is False
+
+
+class TestOperatorViews:
+    """The console's read-only views: workers, job lists, a job's history, retry-all."""
+
+    @pytest.fixture
+    def overrides(self):
+        return {"admin_token": TOKEN}
+
+    @pytest.mark.parametrize("path", ["/api/workers", "/api/jobs?state=failed", "/api/jobs/abc/events"])
+    @pytest.mark.gen_test(timeout=20)
+    async def test_views_need_the_token(self, http_client, base_url, path):
+        assert_error(await call(http_client, base_url, path), 401, "unauthorized")
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_job_lists_by_state_newest_first_and_waiting_in_line_order(self, http_client, base_url, queue):
+        first = await queued_job(http_client, base_url, heroName="First")
+        second = await queued_job(http_client, base_url, heroName="Second")
+        third = await queued_job(http_client, base_url, heroName="Third")
+        (claim,) = (await queue.claim("test-worker", 1)).claims
+        await queue.fail(claim, "It broke.", "x", retryable=False, delay_ms=0)
+
+        waiting = json_of(await call(http_client, base_url, "/api/jobs?state=waiting", headers=operator()))
+        failed = json_of(await call(http_client, base_url, "/api/jobs?state=failed", headers=operator()))
+
+        assert [j["jobId"] for j in waiting["jobs"]] == [second, third]
+        assert [(j["jobId"], j["error"]) for j in failed["jobs"]] == [(first, "It broke.")]
+        resp = await call(http_client, base_url, "/api/jobs?state=bogus", headers=operator())
+        assert_error(resp, 400, "invalid_state", "state")
+        resp = await call(http_client, base_url, "/api/jobs?state=failed&limit=0", headers=operator())
+        assert_error(resp, 400, "invalid_limit", "limit")
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_a_jobs_event_history(self, http_client, base_url, queue):
+        job_id = await queued_job(http_client, base_url)
+        (claim,) = (await queue.claim("test-worker", 1)).claims
+        await queue.progress(claim, 40, "Painting")
+
+        body = json_of(await call(http_client, base_url, f"/api/jobs/{job_id}/events", headers=operator()))
+
+        assert [(e["seq"], e["status"], e["progress"]) for e in body["events"]] == [
+            (1, "queued", 0), (2, "processing", 0), (3, "processing", 40)]
+        unknown = await call(http_client, base_url, "/api/jobs/nope/events", headers=operator())
+        assert_error(unknown, 404, "job_not_found")
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_workers_alive_and_dead(self, http_client, base_url, queue, redis_client):
+        await queue.heartbeat("host:1:alive", {"host": "host", "pid": 1, "concurrency": 2, "jobs": 0}, [])
+        await queue.heartbeat("host:2:dead", {"host": "host", "pid": 2, "concurrency": 2, "jobs": 1}, [])
+        seconds, _ = redis_client.time()
+        redis_client.zadd(KEYS.workers, {"host:2:dead": (seconds - 60) * 1000}, xx=True)  # silent for a minute
+
+        body = json_of(await call(http_client, base_url, "/api/workers", headers=operator()))
+
+        by_id = {w["id"]: w for w in body["workers"]}
+        assert by_id["host:1:alive"]["alive"] and by_id["host:1:alive"]["pid"] == 1
+        assert not by_id["host:2:dead"]["alive"]
+        assert body["alive"] == 1
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_retry_every_failed_job(self, http_client, base_url, queue):
+        ids = [await queued_job(http_client, base_url, heroName=f"Kid {i}") for i in range(3)]
+        for claim in (await queue.claim("test-worker", 3)).claims:
+            await queue.fail(claim, "It broke.", "x", retryable=False, delay_ms=0)
+
+        resp = await call(http_client, base_url, "/api/jobs/retry-failed", "POST", headers=operator())
+
+        assert resp.code == 202 and sorted(json_of(resp)["retried"]) == sorted(ids)
+        stats = await stats_of(http_client, base_url)
+        assert (stats["waiting"], stats["failed"]) == (3, 0)
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_stats_tell_the_oldest_wait_and_recent_run_times(self, http_client, base_url, queue):
+        await queued_job(http_client, base_url)
+        await queued_job(http_client, base_url)
+        (claim,) = (await queue.claim("test-worker", 1)).claims
+        await queue.complete(claim, b"img", "image/png", "test")
+
+        stats = await stats_of(http_client, base_url)
+
+        assert stats["oldestWaitingAgeMs"] >= 0
+        assert stats["durationMs"]["sample"] == 1 and stats["durationMs"]["p50"] >= 0

@@ -7,19 +7,26 @@ import logging
 import signal
 
 import tornado.web
+from tornado.ioloop import IOLoop
 
+from s2s.actors import LiveActors
 from s2s.catalog import Catalog
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import handlers as h
+from s2s.web.operator import operator_routes
+from s2s.web.ws import JobSocket, WsContext
 
 log = logging.getLogger("s2s.api")
 
 
-def make_app(ctx: h.AppContext) -> tornado.web.Application:
+def make_app(ctx: h.AppContext, live: WsContext | None = None) -> tornado.web.Application:
+    """The API; with ``live`` (the running actors) also the /ws socket."""
     route = r"/api/jobs/" + h.JOB_ID
+    sockets = [(r"/ws", JobSocket, {"live": live})] if live is not None else []
     return tornado.web.Application(
         [
+            *sockets,
             (r"/api/jobs/generate-image", h.GenerateImageHandler, {"ctx": ctx}),
             (r"/api/jobs/stats", h.StatsHandler, {"ctx": ctx}),
             (r"/api/jobs/health", h.HealthHandler, {"ctx": ctx}),
@@ -30,6 +37,7 @@ def make_app(ctx: h.AppContext) -> tornado.web.Application:
             (r"/api/queue/pause", h.PauseHandler, {"ctx": ctx}),
             (r"/api/queue/resume", h.ResumeHandler, {"ctx": ctx}),
             (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
+            *operator_routes(ctx),
         ],
         default_handler_class=h.NotFoundHandler,
         default_handler_args={"ctx": ctx},
@@ -41,23 +49,29 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """Run the API until ``stop`` is set (by default on SIGTERM/SIGINT)."""
     catalog = Catalog.load(settings.config_dir)
     queue = Queue.connect(settings)
-    app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog))
-    server = app.listen(settings.port, settings.host, xheaders=settings.trust_proxy,
-                        max_body_size=settings.max_body_bytes * 2, idle_connection_timeout=120)
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    log.info("api listening", extra={"url": f"http://{settings.host}:{settings.port}",
-                                     "provider": settings.effective_provider})
+    actors = LiveActors.start(settings, IOLoop.current())  # on the loop's thread: the loop they call back into
+    live = WsContext(settings=settings, queue=queue, actors=actors)
+    server = None
     try:
+        app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog), live)
+        server = app.listen(settings.port, settings.host, xheaders=settings.trust_proxy,
+                            max_body_size=settings.max_body_bytes * 2, idle_connection_timeout=120)
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("api listening", extra={"url": f"http://{settings.host}:{settings.port}",
+                                         "provider": settings.effective_provider})
         await stop.wait()
     finally:
-        server.stop()
-        try:
-            await asyncio.wait_for(server.close_all_connections(), timeout=5)
-        except asyncio.TimeoutError:
-            pass
+        if server is not None:
+            server.stop()
+            live.close_all()  # 1001: clients reconnect (to another process) and resubscribe with lastSeq
+            try:
+                await asyncio.wait_for(server.close_all_connections(), timeout=5)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.get_running_loop().run_in_executor(None, actors.stop)  # joins threads: off the loop
         await queue.close()
         log.info("api stopped")

@@ -1,0 +1,291 @@
+"""/ws: live job progress over a native WebSocket (the contract's "WebSocket: /ws").
+
+A socket is a plain Tornado handler, never a thread or an actor: the registry
+actor routes events to it through ``io_loop.add_callback`` and the pinger
+sweeps it on the loop. On subscribe the socket first sends what the client
+missed, then live events, with no gap and no duplicate across the hand-over:
+
+1. it asks the registry to route the job's events here, buffering them;
+2. once the registry confirms, it reads the job (or its event log) from Redis:
+   anything published before the confirmation is already there;
+3. it sends that, then the buffer, dropping every event whose ``seq`` it has
+   already sent; from then on events go straight out, filtered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable
+
+import pykka
+import redis.exceptions
+import tornado.websocket
+from attrs import define, field
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+
+from s2s.actors import LiveActors
+from s2s.actors.pinger import Track, Untrack
+from s2s.actors.registry import Forget, Unwatch, Watch
+from s2s.queue import Queue
+from s2s.settings import Settings
+from s2s.web import frames
+from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
+
+log = logging.getLogger("s2s.ws")
+
+HARD_MAX_MESSAGE_BYTES = 1024 * 1024  # Tornado drops a socket over this; up to it we answer frame_too_large
+MAX_JOBS_PER_SOCKET = 100
+MAX_UNSENT_BYTES = 1024 * 1024  # a client this far behind is cut off; it reconnects with lastSeq and catches up
+CONFIRM_TIMEOUT_S = 5.0  # the registry answers in microseconds; this is for a wedged process
+REDIS_TIMEOUT_S = 5.0
+CATCH_UP_ATTEMPTS = 4  # then the socket is closed: never go on live with a gap
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """The CORS_ORIGINS rule: ``*`` allows every origin, else an exact match (a trailing slash aside)."""
+    return "*" in allowed or origin.rstrip("/") in allowed
+
+
+@define
+class WsContext:
+    """What every socket needs, passed in through the route table; ``sockets`` are the open ones."""
+
+    settings: Settings
+    queue: Queue
+    actors: LiveActors
+    sockets: set = field(factory=set)
+
+    def close_all(self, reason: str = "The server is restarting; reconnect and resubscribe with lastSeq.") -> None:
+        for socket in list(self.sockets):
+            socket.close(1001, reason)
+
+
+class JobWatch:
+    """One socket's view of one job: the last seq it was sent, and a buffer while it catches up."""
+
+    __slots__ = ("last_seq", "buffer", "stale", "confirmed")
+
+    def __init__(self, last_seq: int, confirmed: asyncio.Future | None = None):
+        self.last_seq = last_seq
+        self.buffer: list[tuple[int, bytes]] | None = []  # None: caught up, events go straight out
+        self.stale = False  # a resync came while catching up: read the log once more
+        self.confirmed = confirmed
+
+
+def _report_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("catching up a socket failed", exc_info=task.exception())
+
+
+class JobSocket(tornado.websocket.WebSocketHandler):
+    def initialize(self, live: WsContext) -> None:
+        self.live = live
+        self.client_id = ""
+        self.base_url = ""
+        self.jobs: dict[str, JobWatch] = {}
+        self.silent_since: float | None = None  # when the first unanswered ping went out
+        self.closed = False
+
+    # ---- handshake ---------------------------------------------------------------------------
+    @property
+    def max_message_size(self) -> int:
+        return HARD_MAX_MESSAGE_BYTES
+
+    def get_compression_options(self) -> None:
+        return None  # frames are written pre-built (frames.wire): no per-message deflate
+
+    def check_origin(self, origin: str) -> bool:
+        return origin_allowed(origin, self.live.settings.cors_origins)
+
+    def open(self) -> None:
+        self.client_id = secrets.token_urlsafe(9)
+        self.base_url = self.live.settings.public_url or f"{self.request.protocol}://{self.request.host}"
+        self.set_nodelay(True)  # small frames: Nagle would hold one back for the peer's delayed ACK
+        self.ws_connection.stream.max_write_buffer_size = MAX_UNSENT_BYTES
+        self.live.sockets.add(self)
+        self._tell(self.live.actors.pinger, Track(self))
+        self.send(frames.confirmed_frame(self.client_id))
+        log.debug("socket open", extra={"client": self.client_id, "ip": self.request.remote_ip})
+
+    def on_close(self) -> None:
+        self._forget()
+        log.debug("socket closed", extra={"client": self.client_id, "code": self.close_code})
+
+    # ---- client frames -----------------------------------------------------------------------
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        self.silent_since = None
+        try:
+            command = frames.parse_command(message)
+        except FrameError as exc:
+            return self.send(frames.error_frame(exc))
+        if isinstance(command, Ping):
+            return self.send(frames.PONG)
+        if isinstance(command, Subscribe):
+            return self.subscribe(command)  # Tornado reads the next frame once this is done
+        if isinstance(command, Unsubscribe):
+            return self.unsubscribe(command.job_id)
+        if isinstance(command, SubscribeStats):
+            return self.send(frames.error_frame(FrameError(
+                "not_supported", "Queue statistics are not served over this socket yet; poll GET /api/jobs/stats.")))
+
+    def on_pong(self, data: bytes) -> None:
+        self.silent_since = None
+
+    def on_ping(self, data: bytes) -> None:
+        self.silent_since = None
+
+    async def subscribe(self, command: Subscribe) -> None:
+        job_id = command.job_id
+        if job_id in self.jobs:
+            return  # already live here: everything since is on its way, and nothing is sent twice
+        if len(self.jobs) >= MAX_JOBS_PER_SOCKET:
+            return self.send(frames.error_frame(FrameError(
+                "too_many_subscriptions", f"A socket may watch at most {MAX_JOBS_PER_SOCKET} jobs at once.", job_id)))
+        watch = JobWatch(-1 if command.last_seq is None else command.last_seq,
+                         asyncio.get_running_loop().create_future())
+        self.jobs[job_id] = watch
+        try:
+            self._tell(self.live.actors.registry, Watch(self, job_id), required=True)
+            await asyncio.wait_for(watch.confirmed, CONFIRM_TIMEOUT_S)
+            watch.confirmed = None
+            if self.jobs.get(job_id) is not watch:
+                return  # the socket closed meanwhile
+            first = await asyncio.wait_for(self._first_frames(job_id, command.last_seq), REDIS_TIMEOUT_S)
+        except (pykka.ActorDeadError, asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            log.warning("subscribe failed", extra={"client": self.client_id, "job": job_id, "error": repr(exc)})
+            self.unsubscribe(job_id)
+            return self.send(frames.error_frame(FrameError(
+                "unavailable", "Live updates are unavailable right now; try again shortly.", job_id)))
+        if self.jobs.get(job_id) is not watch:
+            return  # the socket closed meanwhile
+        if first is None:
+            self.unsubscribe(job_id)
+            return self.send(frames.error_frame(FrameError(
+                "job_not_found", f"No job {job_id!r} (it may have expired).", job_id)))
+        await self._catch_up(job_id, watch, first)
+
+    async def _first_frames(self, job_id: str, last_seq: int | None) -> list[dict] | None:
+        """What a new subscriber missed: the current state, or the kept events after ``last_seq``."""
+        job = await self.live.queue.get(job_id)
+        if job is None:
+            return None
+        if last_seq is None:
+            return [frames.state_frame(job, self.base_url)]
+        events = await self.live.queue.events(job_id, last_seq)
+        if job.seq > last_seq and (not events or events[0]["seq"] > last_seq + 1):
+            return [frames.state_frame(job, self.base_url)]  # the log no longer reaches back: say where it stands
+        return events
+
+    async def _catch_up(self, job_id: str, watch: JobWatch, missed: list[dict]) -> None:
+        """Send ``missed`` then the buffered live events, each seq once and in order; then go live.
+
+        While ``watch.stale``, the job's log is read again from the last seq sent.
+        """
+        failures = 0
+        while True:
+            for frame in missed:
+                if frame["seq"] > watch.last_seq:
+                    watch.last_seq = frame["seq"]
+                    self.send(frames.encode(frames.with_base_url(frame, self.base_url)))
+            if not watch.stale or self.jobs.get(job_id) is not watch:
+                break
+            watch.stale = False
+            try:
+                missed = await asyncio.wait_for(self.live.queue.events(job_id, watch.last_seq), REDIS_TIMEOUT_S)
+            except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+                failures += 1
+                if failures >= CATCH_UP_ATTEMPTS:
+                    log.warning("cannot catch up; closing the socket so that its client resubscribes",
+                                extra={"client": self.client_id, "job": job_id, "error": repr(exc)})
+                    self._forget()
+                    self.close(1013, "Live updates were interrupted; reconnect and resubscribe with lastSeq.")
+                    return
+                missed, watch.stale = [], True
+                await asyncio.sleep(0.2 * failures)
+        buffered, watch.buffer = watch.buffer or [], None
+        for seq, frame in buffered:
+            self.on_event(job_id, seq, frame)
+
+    def unsubscribe(self, job_id: str) -> None:
+        if self.jobs.pop(job_id, None) is not None:
+            self._tell(self.live.actors.registry, Unwatch(self, job_id))
+
+    # ---- called on the loop by the actors --------------------------------------------------------
+    def on_watching(self, job_id: str) -> None:
+        watch = self.jobs.get(job_id)
+        if watch is not None and watch.confirmed is not None and not watch.confirmed.done():
+            watch.confirmed.set_result(None)
+
+    def on_event(self, job_id: str, seq: int, frame: bytes) -> None:
+        watch = self.jobs.get(job_id)
+        if watch is None:
+            return
+        if watch.buffer is not None:
+            watch.buffer.append((seq, frame))
+        elif seq > watch.last_seq:
+            watch.last_seq = seq
+            self.write_frame(frame)
+
+    def on_resync(self, job_id: str) -> None:
+        watch = self.jobs.get(job_id)
+        if watch is None:
+            return
+        if watch.buffer is not None:
+            watch.stale = True
+            return
+        watch.buffer = []
+        watch.stale = True
+        asyncio.ensure_future(self._catch_up(job_id, watch, [])).add_done_callback(_report_failure)
+
+    def check_alive(self, now: float, timeout_s: float) -> None:
+        if self.closed:
+            return
+        if self.silent_since is None:
+            self.silent_since = now
+        elif now - self.silent_since >= timeout_s:
+            log.debug("socket stopped answering pings", extra={"client": self.client_id})
+            self._forget()
+            self.close(1001, "No answer to ping.")
+            return
+        self.write_frame(frames.PING)
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def send(self, text: str) -> None:
+        self.write_frame(frames.wire(text))
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write a whole frame (see frames.wire); on the loop, so it never splits another frame."""
+        protocol = self.ws_connection
+        if self.closed or protocol is None or protocol.is_closing():
+            return
+        try:
+            protocol.stream.write(frame)  # its future fails quietly if the peer leaves (Tornado silences it)
+        except StreamClosedError:
+            self._forget()
+        except StreamBufferFullError:
+            log.info("socket too far behind; closing it", extra={"client": self.client_id})
+            self._forget()
+            protocol.stream.close()  # no close frame: there is no room to queue one
+
+    def _forget(self) -> None:
+        """The socket is gone (or going): drop its subscriptions, quietly."""
+        if self.closed:
+            return
+        self.closed = True
+        for watch in self.jobs.values():
+            if watch.confirmed is not None and not watch.confirmed.done():
+                watch.confirmed.set_result(None)  # a subscribe in progress sees the socket is gone and ends
+        self.jobs.clear()
+        self.live.sockets.discard(self)
+        self._tell(self.live.actors.registry, Forget(self))
+        self._tell(self.live.actors.pinger, Untrack(self))
+
+    @staticmethod
+    def _tell(ref: pykka.ActorRef, message, required: bool = False) -> None:
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            if required:
+                raise  # the server is stopping
