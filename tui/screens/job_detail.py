@@ -1,0 +1,60 @@
+"""One job up close: its record, a progress bar, and its event history, refreshed while open."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, ProgressBar
+
+from tui.client import ApiError, ConsoleSource
+from tui.model import Clock, JobInfo
+from tui.screens.base import ConsoleScreen
+from tui.widgets import ActionLine, ConnectionBar, JobEventsTable, JobSummary
+
+
+class JobDetailScreen(ConsoleScreen):
+    """Not modal, so the App's keys (cancel, retry, pause...) act on this job from here too."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    AUTO_FOCUS = "JobEventsTable"
+
+    def __init__(self, job_id: str, source: ConsoleSource, *, clock: Clock, interval: float, stale_after: float):
+        super().__init__()
+        self.job_id = job_id
+        self.source = source
+        self.clock = clock
+        self.interval = interval
+        self.stale_after = stale_after
+
+    @property
+    def job(self) -> JobInfo | None:
+        return self.query_one(JobSummary).job
+
+    def compose(self) -> ComposeResult:
+        yield ConnectionBar(self.source.url, stale_after=self.stale_after).data_bind(
+            status=JobDetailScreen.connection, now=JobDetailScreen.now)
+        yield JobSummary(self.clock, id="job-summary")
+        yield ProgressBar(total=100, show_eta=False, id="job-progress")
+        yield JobEventsTable(id="job-events")
+        yield ActionLine().data_bind(JobDetailScreen.outcome)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(self.interval, self.load)
+        self.load()
+
+    @work(exclusive=True, group="job-detail")
+    async def load(self) -> None:
+        summary = self.query_one(JobSummary)
+        try:
+            detail = await self.source.job_detail(self.job_id)
+        except ApiError as exc:
+            summary.problem = exc.sentence
+            summary.refresh()
+            return
+        summary.problem = ""
+        summary.job = detail.job
+        summary.refresh()  # the ages move on even when the job did not
+        self.query_one(ProgressBar).update(progress=detail.job.progress)
+        self.query_one(JobEventsTable).events = detail.events
