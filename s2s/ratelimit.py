@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from s2s.keys import Keys
-from s2s.timeouts import cancel_requested
+from s2s.timeouts import cancel, cancel_requested
 
 log = logging.getLogger("s2s.ratelimit")
 
@@ -122,7 +122,7 @@ class RateLimiter:
             yield
         finally:
             if renewer:
-                renewer.cancel()
+                cancel(renewer)
                 await asyncio.gather(renewer, return_exceptions=True)
             await asyncio.shield(self.release(token))
 

@@ -11,6 +11,7 @@ while the task still counts it.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -25,8 +26,19 @@ async def within(seconds: float, awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
 
 
+_requested: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()  # Python 3.10 has no Task.cancelling()
+
+
+def cancel(task: asyncio.Task) -> None:
+    """``task.cancel()``, remembered so :func:`cancel_requested` sees it even on Python 3.10."""
+    _requested.add(task)
+    task.cancel()
+
+
 def cancel_requested() -> bool:
     """True when someone asked to cancel the current task, even if the CancelledError got lost on the way."""
     task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # 3.11+; on 3.10 a swallowed cancellation stays lost
+    if task in _requested:
+        return True
+    cancelling = getattr(task, "cancelling", None)  # 3.11+
     return bool(cancelling and cancelling())

@@ -20,12 +20,12 @@ import time
 
 import redis.exceptions
 
+from s2s import timeouts
 from s2s.catalog import Catalog
 from s2s.provider_state import ProviderHealth
 from s2s.providers.base import GenerationRequest, Provider, ProviderError
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
-from s2s.timeouts import cancel_requested
 
 log = logging.getLogger("s2s.worker")
 
@@ -111,7 +111,7 @@ class Worker:
         for job_id, (_, task) in list(self._running.items()):
             if task in pending:
                 self._stop_reason[job_id] = "shutdown"
-                task.cancel()
+                timeouts.cancel(task)
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _leave(self) -> None:
@@ -179,7 +179,7 @@ class Worker:
 
         try:
             photo = claim.photo or await self.queue.load_photo(claim.job_id)
-            if cancel_requested():  # a cancel swallowed inside redis-py's wait_for (Python < 3.12)
+            if timeouts.cancel_requested():  # a cancel swallowed inside redis-py's wait_for (Python < 3.12)
                 raise asyncio.CancelledError
             if photo is None:
                 raise ProviderError("The uploaded photo is no longer available.", retryable=False,
@@ -246,7 +246,7 @@ class Worker:
         entry = self._running.get(job_id)
         if entry:
             self._stop_reason[job_id] = reason
-            entry[1].cancel()
+            timeouts.cancel(entry[1])
 
     async def _heartbeat_loop(self) -> None:
         """Renew leases every third of the lease time; reap other workers' expired leases."""

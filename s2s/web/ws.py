@@ -18,6 +18,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable
+from urllib.parse import urlsplit
 
 import pykka
 import redis.exceptions
@@ -97,7 +98,9 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         return None  # frames are written pre-built (frames.wire): no per-message deflate
 
     def check_origin(self, origin: str) -> bool:
-        return origin_allowed(origin, self.live.settings.cors_origins)
+        """CORS_ORIGINS, plus the API's own pages (same origin), whatever Tornado's version does by default."""
+        same_origin = urlsplit(origin).netloc.lower() == self.request.host.lower()
+        return same_origin or origin_allowed(origin, self.live.settings.cors_origins)
 
     def open(self) -> None:
         self.client_id = secrets.token_urlsafe(9)
