@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9",
-                 "syrupy>=5"],
+                 "syrupy>=5", "PyYAML>=6"],
     },
     entry_points={"console_scripts": ["s2s=s2s.cli:main", "s2s-tui=tui.app:main"]},
 )
