@@ -573,6 +573,30 @@ class TestRedisDown:
         assert_error(resp, 400, "missing_field", "heroName")
 
 
+class TestRedisHangs:
+    """The queue points at a server that accepts connections and never answers, as a stuck Redis does."""
+
+    @pytest.fixture
+    def silent_port(self):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)  # the kernel completes the handshake; nobody ever reads or writes
+            yield sock.getsockname()[1]
+
+    @pytest.fixture
+    def overrides(self, silent_port):
+        return {"redis_url": f"redis://127.0.0.1:{silent_port}/0"}
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_health_still_answers_503_within_a_second(self, http_client, base_url, io_loop):
+        started = io_loop.time()
+        resp = await call(http_client, base_url, "/api/jobs/health")
+        elapsed = io_loop.time() - started
+        assert resp.code == 503 and json_of(resp)["status"] == "unhealthy"
+        assert "within 1 s" in json_of(resp)["reason"]
+        assert elapsed < 2.5, f"a load balancer's probe waited {elapsed:.1f} s"
+
+
 # ---- CORS ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method, path", [("POST", "/api/jobs/generate-image"), ("GET", "/api/jobs/stats"),

@@ -23,6 +23,7 @@ from s2s.catalog import Catalog
 from s2s.models import JobStatus, status_path
 from s2s.queue import IdempotencyConflict, Queue
 from s2s.settings import Settings
+from s2s.timeouts import within
 from s2s.uploads import InputError
 
 log = logging.getLogger("s2s.api")
@@ -231,21 +232,30 @@ class StatsHandler(ApiHandler):
 
 
 class HealthHandler(ApiHandler):
+    """Redis round trip, live workers, queue depth and the provider's state, within one second."""
+
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        started = time.perf_counter()
         try:
-            await asyncio.wait_for(self.ctx.queue.redis.ping(), timeout=1.0)
-            rtt = (time.perf_counter() - started) * 1000
-            workers = await asyncio.wait_for(self.ctx.queue.workers(), timeout=1.0)
-            provider = await asyncio.wait_for(provider_state.read(
-                self.ctx.queue.redis, self.ctx.queue.keys, self.ctx.settings.effective_provider), timeout=1.0)
+            body = await within(1.0, self._probe())
         except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
-            return self.answer({"status": "unhealthy", "reason": f"Redis is not answering: {exc or 'timeout'}",
+            reason = str(exc) or "no answer within 1 s"
+            return self.answer({"status": "unhealthy", "reason": f"Redis is not answering: {reason}",
                                 "redis": {"ok": False}}, 503)
         # a refused key is the operator's to fix, not a reason for a load balancer to pull the API: still 200
-        self.answer({"status": "ok", "redis": {"ok": True, "rttMs": round(rtt, 2)},
-                     "workers": {"alive": len(workers)}, "provider": provider.to_json()})
+        self.answer({"status": "ok", **body})
+
+    async def _probe(self) -> dict:
+        queue = self.ctx.queue
+        started = time.perf_counter()
+        await queue.redis.ping()
+        rtt = (time.perf_counter() - started) * 1000
+        workers = await queue.workers()
+        depth = await queue.redis.llen(queue.keys.waiting)
+        oldest = await queue.oldest_waiting_age_ms()
+        provider = await provider_state.read(queue.redis, queue.keys, self.ctx.settings.effective_provider)
+        return {"redis": {"ok": True, "rttMs": round(rtt, 2)}, "workers": {"alive": len(workers)},
+                "queue": {"waiting": depth, "oldestWaitingAgeMs": oldest}, "provider": provider.to_json()}
 
 
 class CatalogHandler(ApiHandler):
