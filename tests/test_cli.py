@@ -13,7 +13,8 @@ import psutil
 from PIL import Image
 
 from s2s.embedded import free_port
-from tests.helpers import child_env, http_json, photo_bytes, wait_until
+from tests.api_client import job as job_status
+from tests.helpers import child_env, photo_bytes, wait_until
 
 
 class Up:
@@ -62,12 +63,6 @@ def post_job(url: str, tmp_path) -> str:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["jobId"]
-
-
-def job_status(url: str, job_id: str) -> dict:
-    code, _, body = http_json("GET", f"{url}/api/jobs/{job_id}/status")
-    assert code == 200, body
-    return json.loads(body)
 
 
 def test_a_job_accepted_before_a_restart_of_s2s_up_completes_after_it(tmp_path, settings):

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 
 from PIL import Image
 
-from tests.helpers import data_url, http_json, photo_bytes, wait_until
-
-
-def submit(url: str, **fields) -> str:
-    body = {"heroName": "Mia", "originalImageBase64": data_url(photo_bytes()), **fields}
-    status, _, raw = http_json("POST", url + "/api/jobs/generate-image", json.dumps(body).encode(),
-                               {"Content-Type": "application/json"})
-    assert status == 202, raw
-    return json.loads(raw)["jobId"]
-
-
-def status(url: str, job_id: str) -> dict:
-    code, _, raw = http_json("GET", f"{url}/api/jobs/{job_id}/status")
-    assert code == 200, raw
-    return json.loads(raw)
+from tests.api_client import job as status
+from tests.api_client import submit
+from tests.helpers import http_json, wait_until
 
 
 def wait_status(url: str, job_id: str, wanted: str, timeout: float = 30.0) -> dict:
@@ -155,4 +142,3 @@ def test_a_worker_runs_worker_concurrency_jobs_at_once(stack):
     assert stats["waiting"] == 2
     for job_id in ids:
         wait_status(url, job_id, "completed")
-    assert os.getpid()
