@@ -83,15 +83,8 @@ class FakeOpenAI(FakeUpstream):
     async def edits(self, request: web.Request) -> web.StreamResponse:
         seen = self.record(request, await self.seen(request))
         request_id = f"req_{secrets.token_hex(8)}"
-        refusal = self._contract(seen)
-        if refusal:
-            return self._error(refusal, request_id)
-        reply = self.next_reply()
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        if reply.hang:
-            await self.hang()
-        if reply.status != 200:
+        reply, refused = await self.answer_for(seen)
+        if refused or reply.status != 200:
             return self._error(reply, request_id)
         if seen.fields.get("stream") == "true":
             return await self._stream(request, seen, reply, request_id)

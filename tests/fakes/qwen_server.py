@@ -12,7 +12,6 @@ same server, under ``/results/``), which the client must fetch; errors are flat
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import secrets
@@ -70,15 +69,8 @@ class FakeQwen(FakeUpstream):
     async def generate(self, request: web.Request) -> web.Response:
         seen = self.record(request, await self.seen(request))
         request_id = secrets.token_hex(8)
-        refusal = self._contract(seen)
-        if refusal:
-            return self._error(refusal, request_id)
-        reply = self.next_reply()
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        if reply.hang:
-            await self.hang()
-        if reply.status != 200 or reply.error_in_ok:
+        reply, refused = await self.answer_for(seen)
+        if refused or reply.status != 200 or reply.error_in_ok:
             return self._error(reply, request_id)
         url = reply.image_url or f"{self.url}/results/{secrets.token_hex(6)}.png?{SIGNATURE}"
         return web.json_response({

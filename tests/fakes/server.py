@@ -78,6 +78,23 @@ class FakeUpstream:
         with self._lock:
             return self._plan.popleft() if self._plan else self._default
 
+    async def answer_for(self, seen: Seen) -> tuple[Any, bool]:
+        """(reply, refused): the contract's refusal of this request, else the next planned reply
+        once its delay or hang is over."""
+        refusal = self._contract(seen)
+        if refusal:
+            return refusal, True
+        reply = self.next_reply()
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.hang:
+            await self.hang()
+        return reply, False
+
+    def _contract(self, seen: Seen) -> Any:
+        """The provider's own refusal of a malformed request (subclasses), or None."""
+        return None
+
     def record(self, request: web.Request, seen: Seen) -> Seen:
         request[SEEN] = seen
         with self._lock:
