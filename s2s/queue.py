@@ -263,9 +263,7 @@ class Queue:
             "complete",
             [k.job(j), k.job_result(j), k.job_events(j), k.job_input(j), k.active, k.completed, k.totals,
              *claim_keys[:1], *claim_keys[2:]],
-            [claim.fence, data, content_type, self.retention_ms, k.events_channel, MAX_EVENTS, image_path(j),
-             provider, count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix,
-             self._input_suffix, INLINE_PHOTO_BYTES])
+            [claim.fence, data, content_type, image_path(j), provider, *claim_args])
         return bool(reply[0]), _parse_claims(reply[1:])
 
     async def fail(self, claim: Claim, error: str, code: str, *, retryable: bool, delay_ms: int,

@@ -1,11 +1,12 @@
 -- Complete a job and, in the same round trip, claim the worker's next jobs (as claim.lua does).
 -- KEYS: job, result, events, input, active, completed, totals, waiting, delayed, paused
--- ARGV: fence, image bytes, content type, retention_ms, channel, max_events, image_url, provider,
---       then the claim arguments: count, lease_ms, worker_id, job_key_prefix, events_suffix, input_suffix,
---       inline_max
+-- ARGV: fence, image bytes, content type, image_url, provider, then claim.lua's ten arguments
+--       (count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events,
+--       input_suffix, inline_max)
 -- Returns {1 or 0 (no longer ours), then claim_jobs's answer}
 local claim_keys = {KEYS[8], KEYS[5], KEYS[9], KEYS[10]}
-local claim_args = {ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[5], ARGV[4], ARGV[6], ARGV[14], ARGV[15]}
+local claim_args = {unpack(ARGV, 6, 15)}
+local channel, ttl, max_events = claim_args[6], tonumber(claim_args[7]), tonumber(claim_args[8])
 local job = redis.call('HMGET', KEYS[1], 'fence', 'status', 'id', 'error')
 if job[1] ~= ARGV[1] or job[2] ~= 'processing' then
   local out = claim_jobs(claim_keys, claim_args)
@@ -14,16 +15,15 @@ if job[1] ~= ARGV[1] or job[2] ~= 'processing' then
 end
 local id = job[3]
 local now, now_us = clock()
-local ttl = tonumber(ARGV[4])
 redis.call('ZREM', KEYS[5], id)
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 redis.call('HSET', KEYS[1], 'status', 'completed', 'progress', 100, 'message', 'Your picture is ready',
-           'completedAt', now, 'completedAtUs', now_us, 'resultType', ARGV[3], 'provider', ARGV[8])
+           'completedAt', now, 'completedAtUs', now_us, 'resultType', ARGV[3], 'provider', ARGV[5])
 if job[4] then redis.call('HDEL', KEYS[1], 'error', 'errorCode') end
 redis.call('ZADD', KEYS[6], now, id)  -- trimmed to the retention time by stats and the reaper
 redis.call('HINCRBY', KEYS[7], 'completed', 1)
-emit(KEYS[1], KEYS[3], ARGV[5], {type = 'job_completed', jobId = id, status = 'completed', progress = 100,
-     result = {imageUrl = ARGV[7]}}, ttl, tonumber(ARGV[6]))
+emit(KEYS[1], KEYS[3], channel, {type = 'job_completed', jobId = id, status = 'completed', progress = 100,
+     result = {imageUrl = ARGV[4]}}, ttl, max_events)
 retain(KEYS[1], ttl, KEYS[4], KEYS[3])
 local out = claim_jobs(claim_keys, claim_args)
 table.insert(out, 1, 1)
