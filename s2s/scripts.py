@@ -39,13 +39,12 @@ async def load_all(redis: aioredis.Redis) -> None:
 
 
 async def call(redis: aioredis.Redis, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-    """Run one script now (EVALSHA, loading the scripts if Redis lost them)."""
+    """Run one script now (EVALSHA, falling back to EVAL when Redis does not know it yet)."""
     script = SCRIPTS[name]
     try:
         return await redis.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        await load_all(redis)
-        return await redis.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:  # a fresh or restarted Redis: EVAL runs the script and caches it, one round trip
+        return await redis.eval(script.source, len(keys), *keys, *args)
 
 
 class Pipeliner:
