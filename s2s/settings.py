@@ -147,6 +147,16 @@ class Settings:
     trust_proxy: bool = _env("S2S_TRUST_PROXY", _bool, False,
                              "take client address and scheme from X-Forwarded-* (behind Render's proxy)")
     log_level: str = _env("S2S_LOG_LEVEL", _choice(("debug", "info", "warning", "error")), "info", "log level")
+    # --- operating limits ---
+    demo: bool = _env("S2S_DEMO", _bool, False, "serve the demo page at / (`s2s up` turns it on unless set)")
+    submit_per_minute: int = _env("S2S_SUBMIT_PER_MINUTE", _int(0), 30,
+                                  "image submits one client may make per minute, across every API process (0: no limit)")
+    max_waiting: int = _env("S2S_MAX_WAITING", _int(0), 5000,
+                            "waiting jobs past which new submits are refused with 503 (0: no cap)")
+    max_sockets_per_client: int = _env("S2S_MAX_SOCKETS_PER_CLIENT", _int(0), 50,
+                                       "WebSockets one client may hold open on one API process (0: no cap)")
+    worker_absent_ms: int = _env("S2S_WORKER_ABSENT_MS", _int(0), 60000,
+                                 "health answers 503 once no worker has been alive this long (0: never)")
     # --- providers ---
     openai_base_url: str | None = _env("OPENAI_BASE_URL", _optional_url, None,
                                        "OpenAI API base, with /v1; unset: https://api.openai.com/v1")
