@@ -83,6 +83,11 @@ class Keys:
         """STRING: request fingerprint and job id of an ``Idempotency-Key``."""
         return f"{self.prefix}:idem:{key}"
 
+    # --- API limits ---
+    def submits(self, client: str) -> str:
+        """ZSET submit token -> time (ms): one client's accepted submits in the last minute."""
+        return f"{self.prefix}:submits:{client}"
+
     # --- upstream providers ---
     def rate_requests(self, provider: str) -> str:
         """ZSET request token -> start time (ms): the provider's calls in the last minute."""

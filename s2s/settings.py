@@ -149,8 +149,9 @@ class Settings:
     log_level: str = _env("S2S_LOG_LEVEL", _choice(("debug", "info", "warning", "error")), "info", "log level")
     # --- operating limits ---
     demo: bool = _env("S2S_DEMO", _bool, False, "serve the demo page at / (`s2s up` turns it on unless set)")
-    submit_per_minute: int = _env("S2S_SUBMIT_PER_MINUTE", _int(0), 30,
-                                  "image submits one client may make per minute, across every API process (0: no limit)")
+    submit_per_minute: int = _env(
+        "S2S_SUBMIT_PER_MINUTE", _int(0), 30,
+        "image submits one client may make per minute, across every API process (0: no limit)")
     max_waiting: int = _env("S2S_MAX_WAITING", _int(0), 5000,
                             "waiting jobs past which new submits are refused with 503 (0: no cap)")
     max_sockets_per_client: int = _env("S2S_MAX_SOCKETS_PER_CLIENT", _int(0), 50,

@@ -16,9 +16,10 @@ import time
 
 import redis.exceptions
 import tornado.web
-from attrs import frozen
+from attrs import Factory, field, frozen
 
 from s2s import provider_state, uploads
+from s2s.admission import Admission, Refusal, client_key
 from s2s.catalog import Catalog
 from s2s.models import JobStatus, status_path
 from s2s.queue import IdempotencyConflict, Queue
@@ -42,6 +43,8 @@ class AppContext:
     settings: Settings
     queue: Queue
     catalog: Catalog
+    admission: Admission = field(default=Factory(
+        lambda self: Admission(self.queue.redis, self.queue.keys, self.settings), takes_self=True))
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -139,13 +142,20 @@ class ApiHandler(tornado.web.RequestHandler):
 class GenerateImageHandler(ApiHandler):
     """POST /api/jobs/generate-image: validate, store, queue; 202 with where to look."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         super().prepare()
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
         if self.request.method != "POST":
             return
+        self._client = client_key(self.request.remote_ip)
+        try:  # before the body: a refused client costs no upload and no decoding
+            refusal = await self.ctx.admission.check(self._client)
+        except redis.exceptions.RedisError:
+            refusal = None  # decided again before queueing; meanwhile bad input still gets its 400
+        if refusal:
+            return self.refuse(refusal)
         limit = self.ctx.settings.max_body_bytes
         # hard stop for a body that never ends; below that we read and discard, to answer 413 properly
         self.request.connection.set_max_body_size(limit * 2)
@@ -157,6 +167,11 @@ class GenerateImageHandler(ApiHandler):
         if length and length.isdigit() and int(length) > limit:
             self.fail(413, "request_too_large", f"The request is larger than {limit} bytes.",
                       {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+
+    def refuse(self, refusal: Refusal) -> None:
+        log.info("submit refused", extra={"client": self._client, "code": refusal.code})
+        self.set_header("Retry-After", str(refusal.retry_after_s))
+        self.fail(refusal.status, refusal.code, refusal.message, refusal.details)
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -185,12 +200,18 @@ class GenerateImageHandler(ApiHandler):
                                                 max_pixels=settings.max_image_pixels))
         except InputError as exc:
             return self.fail(exc.status, exc.code, exc.message, exc.details)
+        token, refusal = await self.ctx.admission.take(self._client)  # atomic across API processes
+        if refusal:
+            return self.refuse(refusal)
         try:
             job_id, created = await self.ctx.queue.enqueue(job, idempotency_key)
         except IdempotencyConflict as exc:
+            await self.ctx.admission.give_back(self._client, token)
             return self.fail(409, "idempotency_key_reused",
                              "This Idempotency-Key was already used for a different request.",
                              {"jobId": exc.job_id})
+        if not created:
+            await self.ctx.admission.give_back(self._client, token)  # a replay of an accepted job is free
         if created:
             log.info("job queued", extra={"job": job_id, "theme": job.theme_id, "style": job.style_key,
                                           "kind": job.kind})

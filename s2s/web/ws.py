@@ -15,8 +15,10 @@ missed, then live events, with no gap and no duplicate across the hand-over:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
@@ -29,6 +31,7 @@ from tornado.iostream import StreamBufferFullError, StreamClosedError
 from s2s.actors import LiveActors
 from s2s.actors.pinger import Track, Untrack
 from s2s.actors.registry import Forget, Unwatch, Watch
+from s2s.admission import client_key
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import frames
@@ -57,6 +60,7 @@ class WsContext:
     queue: Queue
     actors: LiveActors
     sockets: set = field(factory=set)
+    per_client: Counter = field(factory=Counter)  # open sockets by client address (S2S_MAX_SOCKETS_PER_CLIENT)
 
     def close_all(self, reason: str = "The server is restarting; reconnect and resubscribe with lastSeq.") -> None:
         for socket in list(self.sockets):
@@ -84,6 +88,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, live: WsContext) -> None:
         self.live = live
         self.client_id = ""
+        self.address = ""
         self.base_url = ""
         self.jobs: dict[str, JobWatch] = {}
         self.silent_since: float | None = None  # when the first unanswered ping went out
@@ -102,7 +107,21 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         same_origin = urlsplit(origin).netloc.lower() == self.request.host.lower()
         return same_origin or origin_allowed(origin, self.live.settings.cors_origins)
 
+    def prepare(self) -> None:
+        """Refuse the upgrade (429, before any socket exists) to a client already holding its share."""
+        self.address = client_key(self.request.remote_ip)
+        cap = self.live.settings.max_sockets_per_client
+        if cap and self.live.per_client[self.address] >= cap:
+            log.info("socket refused", extra={"client": self.address, "open": self.live.per_client[self.address]})
+            self.set_status(429)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.set_header("Retry-After", "10")
+            self.finish(json.dumps({"error": f"Too many live connections from your address (at most {cap}); "
+                                             "close some and try again.", "code": "too_many_sockets",
+                                    "details": {"maxSockets": cap}}))
+
     def open(self) -> None:
+        self.live.per_client[self.address] += 1
         self.client_id = secrets.token_urlsafe(9)
         self.base_url = self.live.settings.public_url or f"{self.request.protocol}://{self.request.host}"
         self.set_nodelay(True)  # small frames: Nagle would hold one back for the peer's delayed ACK
@@ -282,6 +301,9 @@ class JobSocket(tornado.websocket.WebSocketHandler):
                 watch.confirmed.set_result(None)  # a subscribe in progress sees the socket is gone and ends
         self.jobs.clear()
         self.live.sockets.discard(self)
+        self.live.per_client[self.address] -= 1
+        if self.live.per_client[self.address] <= 0:
+            del self.live.per_client[self.address]
         self._tell(self.live.actors.registry, Forget(self))
         self._tell(self.live.actors.pinger, Untrack(self))
 
