@@ -50,8 +50,9 @@ class Client:
         self.ws = ws
 
     @classmethod
-    async def connect(cls, base_url: str, origin: str | None = None, **kwargs) -> Client:
-        headers = {"Origin": origin} if origin else {}
+    async def connect(cls, base_url: str, origin: str | None = None, headers: dict | None = None,
+                      **kwargs) -> Client:
+        headers = {**({"Origin": origin} if origin else {}), **(headers or {})}
         request = HTTPRequest(base_url.replace("http://", "ws://") + "/ws", headers=headers, connect_timeout=10,
                               request_timeout=10)
         client = cls(await websocket_connect(request, **kwargs))
@@ -144,7 +145,8 @@ def seqs(got: list[dict]) -> list[int]:
     ('{"type":"subscribe_to_job","jobId":"abc","lastSeq":null}', Subscribe("abc")),
     ('{"type":"unsubscribe_from_job","jobId":"job:abc"}', Unsubscribe("abc")),
     ('{"type":"ping"}', Ping()),
-    ('{"type":"subscribe_to_stats","token":"x"}', SubscribeStats()),
+    ('{"type":"subscribe_to_stats","token":"x"}', SubscribeStats("x")),
+    ('{"type":"subscribe_to_stats"}', SubscribeStats()),
 ])
 def test_contract_frames_parse_into_commands(text, command):
     assert frames.parse_command(text) == command
@@ -548,7 +550,8 @@ BAD_FRAMES = [
     ('{"type":"subscribe_to_job","jobId":"doesNotExist123"}', "job_not_found"),
     ('{"type":"subscribe_to_job","jobId":"job:doesNotExist123","lastSeq":3}', "job_not_found"),
     ('{"type":"ping","pad":"' + "x" * 100_000 + '"}', "frame_too_large"),
-    ('{"type":"subscribe_to_stats"}', "not_supported"),
+    ('{"type":"subscribe_to_stats"}', "operator_disabled"),
+    ('{"type":"subscribe_to_stats","token":5}', "invalid_token"),
 ]
 
 
@@ -574,6 +577,40 @@ def test_each_bad_frame_gets_an_error_and_the_socket_stays_open(stack):
         assert answer["type"] == "error" and set(answer) <= {"type", "error", "code", "jobId"}
         assert answer["error"][0].isupper() and answer["error"].endswith(".")
     assert answers[5]["jobId"] == "doesNotExist123"
+
+
+def test_operators_get_queue_stats_about_once_a_second(stack):
+    token = "operator-secret-for-tests"
+    url = stack.api(S2S_ADMIN_TOKEN=token)
+    for _ in range(2):
+        submit(url)  # no worker runs: both stay waiting
+
+    async def scenario():
+        by_frame, by_header, stranger = (await Client.connect(url), await Client.connect(
+            url, headers={"Authorization": f"Bearer {token}"}), await Client.connect(url))
+        await by_frame.send(type="subscribe_to_stats", token=token)
+        await by_header.send(type="subscribe_to_stats")
+        await stranger.send(type="subscribe_to_stats")
+        refused = await stranger.recv()
+        await stranger.send(type="subscribe_to_stats", token="guess")
+        wrong = await stranger.recv()
+        started = time.monotonic()
+        got = [await by_frame.recv(), await by_frame.recv(), await by_header.recv()]
+        elapsed = time.monotonic() - started
+        await stranger.assert_alive()  # refused, and nothing more came its way
+        for client in (by_frame, by_header, stranger):
+            await client.close()
+        return refused, wrong, got, elapsed
+
+    refused, wrong, got, elapsed = run(scenario())
+    assert refused["code"] == "unauthorized" and wrong["code"] == "forbidden"
+    _, _, raw = http_json("GET", url + "/api/jobs/stats")
+    stats = json.loads(raw)
+    for frame in got:
+        assert frame["type"] == "queue_stats"
+        assert {k: v for k, v in frame.items() if k != "type"}.keys() == stats.keys()
+        assert (frame["waiting"], frame["active"]) == (2, 0)
+    assert elapsed >= 0.5  # a feed, not a flood: the second frame waited for the next tick
 
 
 def test_ping_frames_and_protocol_pings_are_answered(stack):

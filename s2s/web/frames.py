@@ -60,7 +60,7 @@ class Ping:
 
 @frozen
 class SubscribeStats:
-    pass
+    token: str | None = None  # the operator token, when the upgrade carried no Authorization header
 
 
 Command = Subscribe | Unsubscribe | Ping | SubscribeStats
@@ -88,7 +88,10 @@ def parse_command(message: str | bytes, max_bytes: int = MAX_FRAME_BYTES) -> Com
     if kind == "unsubscribe_from_job":
         return Unsubscribe(_job_id(data))
     if kind == "subscribe_to_stats":
-        return SubscribeStats()
+        token = data.get("token")
+        if token is not None and not isinstance(token, str):
+            raise FrameError("invalid_token", 'The "token" must be a string.')
+        return SubscribeStats(token or None)
     raise FrameError("unknown_type", f"Unknown frame type {kind[:40]!r}; expected one of {', '.join(TYPES)}.")
 
 
@@ -188,6 +191,11 @@ PING = b"\x89\x00"  # a whole ping frame (FIN, opcode 9, no payload)
 
 def confirmed_frame(client_id: str) -> str:
     return encode({"type": "connection_confirmed", "clientId": client_id})
+
+
+def stats_frame(stats: dict) -> str:
+    """``queue_stats``: the body of GET /api/jobs/stats, with its type."""
+    return encode({"type": "queue_stats", **stats})
 
 
 def error_frame(error: FrameError) -> str:

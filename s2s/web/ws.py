@@ -15,6 +15,7 @@ missed, then live events, with no gap and no duplicate across the hand-over:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import secrets
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 import pykka
 import redis.exceptions
 import tornado.websocket
-from attrs import define, field
+from attrs import Factory, define, field
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 
 from s2s.actors import LiveActors
@@ -52,6 +53,46 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return "*" in allowed or origin.rstrip("/") in allowed
 
 
+class StatsFeed:
+    """``queue_stats`` for every stats subscriber of this process from one Redis read a second.
+
+    One task on the loop, running only while someone listens: a hundred operator
+    consoles cost what one does.
+    """
+
+    def __init__(self, queue: Queue, interval_s: float = 1.0):
+        self.queue = queue
+        self.interval_s = interval_s
+        self.sockets: set[JobSocket] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, socket: JobSocket) -> None:
+        self.sockets.add(socket)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+            self._task.add_done_callback(_report_failure)
+
+    def discard(self, socket: JobSocket) -> None:
+        self.sockets.discard(socket)
+
+    def stop(self) -> None:
+        self.sockets.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while self.sockets:
+            try:
+                stats = await asyncio.wait_for(self.queue.snapshot(), REDIS_TIMEOUT_S)
+            except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+                log.warning("cannot read queue stats for sockets", extra={"error": repr(exc)})
+            else:
+                frame = frames.wire(frames.stats_frame(stats))
+                for socket in list(self.sockets):
+                    socket.write_frame(frame)
+            await asyncio.sleep(self.interval_s)
+
+
 @define
 class WsContext:
     """What every socket needs, passed in through the route table; ``sockets`` are the open ones."""
@@ -61,8 +102,10 @@ class WsContext:
     actors: LiveActors
     sockets: set = field(factory=set)
     per_client: Counter = field(factory=Counter)  # open sockets by client address (S2S_MAX_SOCKETS_PER_CLIENT)
+    stats: StatsFeed = field(default=Factory(lambda self: StatsFeed(self.queue), takes_self=True))
 
     def close_all(self, reason: str = "The server is restarting; reconnect and resubscribe with lastSeq.") -> None:
+        self.stats.stop()
         for socket in list(self.sockets):
             socket.close(1001, reason)
 
@@ -149,8 +192,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         if isinstance(command, Unsubscribe):
             return self.unsubscribe(command.job_id)
         if isinstance(command, SubscribeStats):
-            return self.send(frames.error_frame(FrameError(
-                "not_supported", "Queue statistics are not served over this socket yet; poll GET /api/jobs/stats.")))
+            return self.subscribe_stats(command)
 
     def on_pong(self, data: bytes) -> None:
         self.silent_since = None
@@ -230,6 +272,21 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         for seq, frame in buffered:
             self.on_event(job_id, seq, frame)
 
+    def subscribe_stats(self, command: SubscribeStats) -> None:
+        """Operators only: the token in the frame, or the upgrade's ``Authorization: Bearer``."""
+        expected = self.live.settings.admin_token
+        if not expected:
+            return self.send(frames.error_frame(FrameError(
+                "operator_disabled", "Queue statistics need the operator token, and S2S_ADMIN_TOKEN is not set.")))
+        header = self.request.headers.get("Authorization", "")
+        given = command.token or (header[7:].strip() if header.startswith("Bearer ") else "")
+        if not given:
+            return self.send(frames.error_frame(FrameError(
+                "unauthorized", 'Queue statistics need the operator token (a "token" field or Authorization).')))
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return self.send(frames.error_frame(FrameError("forbidden", "The operator token is wrong.")))
+        self.live.stats.add(self)
+
     def unsubscribe(self, job_id: str) -> None:
         if self.jobs.pop(job_id, None) is not None:
             self._tell(self.live.actors.registry, Unwatch(self, job_id))
@@ -301,6 +358,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
                 watch.confirmed.set_result(None)  # a subscribe in progress sees the socket is gone and ends
         self.jobs.clear()
         self.live.sockets.discard(self)
+        self.live.stats.discard(self)
         self.live.per_client[self.address] -= 1
         if self.live.per_client[self.address] <= 0:
             del self.live.per_client[self.address]
