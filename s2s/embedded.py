@@ -52,10 +52,15 @@ def die_with_parent() -> None:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: str | os.PathLike, *, port: int = 0, persistent: bool = True):
+    def __init__(self, data_dir: str | os.PathLike, *, port: int = 0, persistent: bool = True,
+                 appendfsync: str = "everysec"):
+        """``appendfsync``: ``everysec`` (an OS crash may lose the last second, and so may a killed
+        redis-server while a busy disk makes it postpone AOF writes) or ``always`` (on disk before
+        every answer: nothing acknowledged is lost, at a cost in write latency)."""
         self.data_dir = Path(data_dir)
         self.port = port
         self.persistent = persistent
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
 
     @property
@@ -71,7 +76,7 @@ class EmbeddedRedis:
                     "--save", "", "--daemonize", "no", "--protected-mode", "yes", "--maxmemory-policy", "noeviction",
                     "--logfile", str(self.data_dir / "redis.log"), "--databases", "16"]
             if self.persistent:
-                args += ["--appendonly", "yes", "--appendfsync", "everysec", "--appendfilename", "s2s.aof"]
+                args += ["--appendonly", "yes", "--appendfsync", self.appendfsync, "--appendfilename", "s2s.aof"]
             else:
                 args += ["--appendonly", "no"]
             self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
@@ -114,13 +115,17 @@ class Queue:
         self._job_prefix = k.job("")
         self._events_suffix = k.job_events("x")[len(k.job("x")):]
         self._input_suffix = k.job_input("x")[len(k.job("x")):]
+        self._opened = time.monotonic()  # this process's start, for worker_absence_ms
+        self._worker_seen: float | None = None
 
     @classmethod
     def connect(cls, settings: Settings, url: str | None = None) -> Queue:
-        # a bounded pool that waits for a free connection instead of opening one per concurrent call
+        # a bounded pool that waits for a free connection instead of opening one per concurrent call.
+        # RESP2: over RESP3 (redis-py 8's default) the pool skips its check of a pooled connection
+        # before use (redis/redis-py#4252), so after a Redis restart each one failed a request
         pool = aioredis.BlockingConnectionPool.from_url(
             url or settings.redis_url or "redis://127.0.0.1:6379/0", max_connections=64, timeout=20,
-            health_check_interval=30)
+            health_check_interval=30, protocol=2)
         return cls(aioredis.Redis.from_pool(pool), settings)
 
     async def close(self) -> None:
@@ -317,6 +322,27 @@ class Queue:
             data.update(id=_s(wid), lastSeenMs=age, alive=age <= self.alive_within_ms())
             out.append(data)
         return out
+
+    async def worker_absence_ms(self, alive: bool) -> int:
+        """How long no worker has been alive (0 while one is), as far as this process can tell.
+
+        Counted from the latest of: this process's start (workers deployed after the API get the
+        full time to come up), the newest heartbeat the registry remembers (a worker that died
+        without leaving stays listed for an hour, so its end is dated even by a process that never
+        saw it), and the last time this process saw a worker alive (a drained worker leaves the
+        registry at once). ``alive``: whether :meth:`workers` found one just now.
+        """
+        mono = time.monotonic()
+        if alive:
+            self._worker_seen = mono
+            return 0
+        ages_s = [mono - self._opened]
+        if self._worker_seen is not None:
+            ages_s.append(mono - self._worker_seen)
+        newest = await self.redis.zrevrange(self.keys.workers, 0, 0, withscores=True)
+        if newest:
+            ages_s.append(max(0, await self.now_ms() - int(newest[0][1])) / 1000)
+        return int(min(ages_s) * 1000)
 
     async def list_jobs(self, state: str, limit: int = 50) -> list[Job]:
         """The newest ``limit`` jobs in one state (waiting: oldest first, as they will run)."""

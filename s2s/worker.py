@@ -192,8 +192,8 @@ class Worker:
             await self.provider_health.succeeded()
             # take over our own slot: the next job is claimed in the same round trip
             wanted = 0 if self._draining else 1
-            ok, batch = await self.queue.complete_and_claim(claim, image.data, image.content_type,
-                                                            self.provider.name, worker_id=self.id, count=wanted)
+            ok, batch = await self._settle(claim, lambda: self.queue.complete_and_claim(
+                claim, image.data, image.content_type, self.provider.name, worker_id=self.id, count=wanted))
             for follower in batch.claims:
                 self._start(follower)
             if ok:
@@ -219,11 +219,29 @@ class Worker:
             log.exception("job raised", extra=ctx)
             await self._record_failure(claim, UNEXPECTED_ERROR, "internal_error", retryable=True, ctx=ctx)
 
+    async def _settle(self, claim: Claim, write):
+        """A write that ends a job's attempt (complete, fail), retried while Redis is unreachable.
+
+        An outage does not throw a made picture away: the lease keeps the job ours meanwhile (the
+        heartbeat renews it once Redis is back); if the reaper took it back first, the fencing token
+        refuses the late write and the job runs again. Bounded at shutdown by the grace period.
+        """
+        delay = 0.25
+        while True:
+            try:
+                return await write()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.log(logging.WARNING if delay == 0.25 else logging.DEBUG, "cannot reach Redis to settle a job; "
+                        "retrying", extra={"job": claim.job_id, "worker": self.id, "error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _record_failure(self, claim: Claim, message: str, code: str, *, retryable: bool,
                               retry_after: float | None = None, refund: bool = False, ctx: dict) -> None:
         delay = int(retry_after * 1000) if retry_after else backoff_ms(
             claim.attempt, self.settings.retry_base_ms, self.settings.retry_max_ms)
-        outcome = await self.queue.fail(claim, message, code, retryable=retryable, delay_ms=delay, refund=refund)
+        outcome = await self._settle(claim, lambda: self.queue.fail(claim, message, code, retryable=retryable,
+                                                                    delay_ms=delay, refund=refund))
         if outcome == 3:
             self.failed += 1
             log.info("job failed", extra={**ctx, "code": code, "error": message})

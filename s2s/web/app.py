@@ -14,10 +14,13 @@ from s2s.catalog import Catalog
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import handlers as h
+from s2s.web.draining import DrainingHTTPServer
 from s2s.web.operator import operator_routes
 from s2s.web.ws import JobSocket, WsContext
 
 log = logging.getLogger("s2s.api")
+
+DRAIN_S = 5.0  # on SIGTERM, how long requests in flight and closing sockets get before the process goes
 
 
 def make_app(ctx: h.AppContext, live: WsContext | None = None) -> tornado.web.Application:
@@ -46,7 +49,12 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None) -> tornado.web.Ap
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Run the API until ``stop`` is set (by default on SIGTERM/SIGINT)."""
+    """Run the API until ``stop`` is set (by default on SIGTERM/SIGINT), then stop gracefully.
+
+    Stopping: the listener closes (a load balancer sends new clients elsewhere), requests in
+    flight finish, WebSockets are closed with 1001 so their clients reconnect elsewhere and
+    resubscribe with lastSeq; after ``DRAIN_S`` whatever is left is cut.
+    """
     catalog = Catalog.load(settings.config_dir)
     queue = Queue.connect(settings)
     actors = LiveActors.start(settings, IOLoop.current())  # on the loop's thread: the loop they call back into
@@ -54,8 +62,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     server = None
     try:
         app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog), live)
-        server = app.listen(settings.port, settings.host, xheaders=settings.trust_proxy,
-                            max_body_size=settings.max_body_bytes * 2, idle_connection_timeout=120)
+        server = DrainingHTTPServer(app, xheaders=settings.trust_proxy, max_body_size=settings.max_body_bytes * 2,
+                                    idle_connection_timeout=120)
+        server.listen(settings.port, settings.host)
         if stop is None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -66,12 +75,22 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         await stop.wait()
     finally:
         if server is not None:
-            server.stop()
-            live.close_all()  # 1001: clients reconnect (to another process) and resubscribe with lastSeq
-            try:
-                await asyncio.wait_for(server.close_all_connections(), timeout=5)
-            except asyncio.TimeoutError:
-                pass
+            await _drain(server, live)
         await asyncio.get_running_loop().run_in_executor(None, actors.stop)  # joins threads: off the loop
         await queue.close()
         log.info("api stopped")
+
+
+async def _drain(server: DrainingHTTPServer, live: WsContext) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    server.stop()  # no new connection
+    log.info("api draining", extra={"connections": len(server.open_connections), "sockets": len(live.sockets)})
+    server.drain()
+    live.close_all()  # 1001: clients reconnect (to another process) and resubscribe with lastSeq
+    while (server.open_connections or live.sockets) and loop.time() - started < DRAIN_S:
+        await asyncio.sleep(0.02)
+    if server.open_connections or live.sockets:
+        log.warning("api drain time over; cutting the rest",
+                    extra={"connections": len(server.open_connections), "sockets": len(live.sockets)})
+    await server.close_all_connections()

@@ -253,7 +253,11 @@ class StatsHandler(ApiHandler):
 
 
 class HealthHandler(ApiHandler):
-    """Redis round trip, live workers, queue depth and the provider's state, within one second."""
+    """Redis round trip, live workers, queue depth and the provider's state, within one second.
+
+    503 when Redis does not answer, and when no worker has been alive for S2S_WORKER_ABSENT_MS
+    (see :meth:`Queue.worker_absence_ms`): jobs would be accepted that nothing runs.
+    """
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -263,6 +267,12 @@ class HealthHandler(ApiHandler):
             reason = str(exc) or "no answer within 1 s"
             return self.answer({"status": "unhealthy", "reason": f"Redis is not answering: {reason}",
                                 "redis": {"ok": False}}, 503)
+        limit = self.ctx.settings.worker_absent_ms
+        absent = body["workers"]["absentMs"]
+        if limit and absent > limit:
+            return self.answer({"status": "unhealthy", "reason": (
+                f"No worker has been alive for {absent / 1000:.1f} s (S2S_WORKER_ABSENT_MS={limit}): "
+                "jobs are accepted but no worker runs them."), **body}, 503)
         # a refused key is the operator's to fix, not a reason for a load balancer to pull the API: still 200
         self.answer({"status": "ok", **body})
 
@@ -272,10 +282,11 @@ class HealthHandler(ApiHandler):
         await queue.redis.ping()
         rtt = (time.perf_counter() - started) * 1000
         workers = await queue.workers()
+        absent = await queue.worker_absence_ms(alive=bool(workers))
         depth = await queue.redis.llen(queue.keys.waiting)
         oldest = await queue.oldest_waiting_age_ms()
         provider = await provider_state.read(queue.redis, queue.keys, self.ctx.settings.effective_provider)
-        return {"redis": {"ok": True, "rttMs": round(rtt, 2)}, "workers": {"alive": len(workers)},
+        return {"redis": {"ok": True, "rttMs": round(rtt, 2)}, "workers": {"alive": len(workers), "absentMs": absent},
                 "queue": {"waiting": depth, "oldestWaitingAgeMs": oldest}, "provider": provider.to_json()}
 
 
