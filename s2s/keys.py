@@ -105,6 +105,21 @@ class Keys:
         """STRING (JSON reason, with a TTL) present while the provider refuses our credentials."""
         return f"{self.prefix}:provider:{provider}:state"
 
+    # --- metrics (s2s/metrics.py) ---
+    @property
+    def metrics_counters(self) -> str:
+        """HASH of cluster-wide counters (field: JSON [sample name, labels]) every process adds its increments to."""
+        return f"{self.prefix}:metrics:counters"
+
+    @property
+    def metrics_processes(self) -> str:
+        """SET of the API processes that report their own gauges (open sockets)."""
+        return f"{self.prefix}:metrics:processes"
+
+    def metrics_process(self, process_id: str) -> str:
+        """STRING (JSON, with a TTL) of one API process's gauges; gone soon after the process is."""
+        return f"{self.prefix}:metrics:process:{process_id}"
+
     # --- pub/sub ---
     @property
     def events_channel(self) -> str:

@@ -22,8 +22,9 @@ import redis.exceptions
 
 from s2s import timeouts
 from s2s.catalog import Catalog
+from s2s.metrics import ClusterMetrics, WorkerMetrics
 from s2s.provider_state import ProviderHealth
-from s2s.providers.base import GenerationRequest, Provider, ProviderError
+from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
 
@@ -56,6 +57,8 @@ class Worker:
         self._draining = False
         self.completed = 0
         self.failed = 0
+        self.metrics = WorkerMetrics()  # counted in memory, added to the cluster's counters with the heartbeat
+        self.cluster_metrics = ClusterMetrics(queue.redis, queue.keys)
 
     # ---- life cycle ------------------------------------------------------------------
     def run(self) -> None:
@@ -117,6 +120,7 @@ class Worker:
     async def _leave(self) -> None:
         k = self.queue.keys
         try:
+            await self.cluster_metrics.send(self.metrics.counts)  # the last counts first
             await self.queue.redis.zrem(k.workers, self.id)
             await self.queue.redis.delete(k.worker(self.id))
         except redis.exceptions.RedisError:
@@ -168,6 +172,8 @@ class Worker:
     # ---- one job ---------------------------------------------------------------------
     async def _run_job(self, claim: Claim) -> None:
         ctx = {"job": claim.job_id, "attempt": claim.attempt, "worker": self.id}
+        started = time.monotonic()
+        log.info("job started", extra=ctx)
         last = 0
 
         async def report(percent: int, message: str) -> None:
@@ -188,7 +194,7 @@ class Worker:
                 job_id=claim.job_id, hero_name=claim.hero_name, theme=self.catalog.themes[claim.theme_id],
                 style=self.catalog.styles[claim.style_key], kind=self.catalog.kinds[claim.kind],
                 photo=photo, photo_content_type=claim.photo_type, attempt=claim.attempt)
-            image = await self.provider.generate(request, report)
+            image = await self._generate(request, report)
             await self.provider_health.succeeded()
             # take over our own slot: the next job is claimed in the same round trip
             wanted = 0 if self._draining else 1
@@ -197,16 +203,19 @@ class Worker:
             for follower in batch.claims:
                 self._start(follower)
             if ok:
+                seconds = time.monotonic() - started
                 self.completed += 1
-                log.debug("job completed", extra=ctx)
+                self.metrics.job_completed(seconds)
+                log.info("job completed", extra={**ctx, "duration_ms": round(seconds * 1000)})
             else:
                 log.info("job finished after its lease was lost; result dropped", extra=ctx)
         except asyncio.CancelledError:
             reason = self._stop_reason.get(claim.job_id, "shutdown")
             if reason == "shutdown":
                 await asyncio.shield(self.queue.release(claim))
+                self.metrics.job_released()
                 log.info("job handed back at shutdown", extra=ctx)
-            else:
+            else:  # cancelled by an operator, or lost: its lease was taken back
                 log.info("job stopped", extra={**ctx, "reason": reason})
         except ProviderError as exc:
             await self.provider_health.failed(exc, self.id)
@@ -218,6 +227,20 @@ class Worker:
         except Exception:
             log.exception("job raised", extra=ctx)
             await self._record_failure(claim, UNEXPECTED_ERROR, "internal_error", retryable=True, ctx=ctx)
+
+    async def _generate(self, request: GenerationRequest, report: Report) -> GeneratedImage:
+        """The provider call, counted by outcome for /metrics."""
+        name = self.provider.name
+        try:
+            image = await self.provider.generate(request, report)
+        except ProviderError as exc:
+            self.metrics.upstream_call(name, exc.code, exc.status)
+            raise
+        except Exception:
+            self.metrics.upstream_call(name, "internal_error")
+            raise
+        self.metrics.upstream_call(name, "ok")
+        return image
 
     async def _settle(self, claim: Claim, write):
         """A write that ends a job's attempt (complete, fail), retried while Redis is unreachable.
@@ -246,7 +269,9 @@ class Worker:
             self.failed += 1
             log.info("job failed", extra={**ctx, "code": code, "error": message})
         elif outcome == 2:
-            log.info("job will be retried", extra={**ctx, "code": code, "delay_ms": delay})
+            log.info("job will be retried", extra={**ctx, "code": code, "error": message, "delay_ms": delay})
+        else:
+            log.info("job attempt failed after its lease was lost; not recorded", extra={**ctx, "code": code})
 
     # ---- leases and presence ---------------------------------------------------------
     def _info(self) -> dict:
@@ -280,6 +305,8 @@ class Worker:
                 reaped = await self.queue.reap()
                 if reaped:
                     log.info("took back jobs of a stopped worker", extra={"worker": self.id, "jobs": reaped})
+                # not cut short by a shutdown: half a send would be sent again by the last one
+                await asyncio.shield(self.cluster_metrics.send(self.metrics.counts))
             except redis.exceptions.RedisError as exc:
                 log.warning("heartbeat failed", extra={"worker": self.id, "error": str(exc)})
 

@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 import pykka
 from tornado.ioloop import IOLoop
 
+from s2s.metrics import EVENTS_DELIVERED_FIELD, Counts
 from s2s.web.frames import Event, event_text, wire
 
 log = logging.getLogger("s2s.ws")
@@ -92,6 +93,7 @@ class JobRegistry(pykka.ThreadingActor):
         self.io_loop = io_loop
         self.watchers: dict[str, dict[str, Watcher]] = {}
         self.jobs_of: dict[str, set[str]] = {}  # client id -> job ids, to forget a closed socket at once
+        self.delivered = Counts()  # events handed to sockets, for /metrics (read on the loop, added to here)
 
     def on_receive(self, message) -> None:
         try:
@@ -112,11 +114,14 @@ class JobRegistry(pykka.ThreadingActor):
 
     def _publish(self, events: list[Event]) -> None:
         deliveries: list[Delivery] = []
+        handed = 0
         for event in events:
             conns = self.watchers.get(event.job_id)
             if conns:
                 deliveries.append((tuple(conns.values()), event))
+                handed += len(conns)
         if deliveries:
+            self.delivered.add(EVENTS_DELIVERED_FIELD, handed)
             self.io_loop.add_callback(deliver, deliveries)
 
     def _watch(self, conn: Watcher, job_id: str) -> None:

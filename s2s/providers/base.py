@@ -42,17 +42,19 @@ class ProviderError(Exception):
     ``retryable`` failures go back to the queue with backoff (``retry_after``
     seconds when the upstream said so); others end the job at once with
     ``message``, a sentence a parent can read. ``detail`` is for operators (the
-    upstream's status, code and request id), never shown to a parent.
+    upstream's status, code and request id), never shown to a parent; ``status``
+    is the HTTP status of the upstream's answer, if there was one (for metrics).
     """
 
     def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None,
-                 code: str = "provider_error", detail: str | None = None):
+                 code: str = "provider_error", detail: str | None = None, status: int | None = None):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
         self.code = code
         self.detail = detail
+        self.status = status
 
 
 class Provider(Protocol):

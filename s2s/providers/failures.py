@@ -85,6 +85,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 
 def _logged(error: ProviderError, upstream: Upstream) -> ProviderError:
+    error.status = upstream.status  # every failure passes here: the one place that knows both
     log.warning("upstream call failed", extra={
         "job": upstream.job_id, "provider": upstream.provider, "status": upstream.status,
         "upstream_code": upstream.code, "request_id": upstream.request_id, "code": error.code,

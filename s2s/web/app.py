@@ -9,12 +9,14 @@ import signal
 import tornado.web
 from tornado.ioloop import IOLoop
 
+from s2s import logs
 from s2s.actors import LiveActors
 from s2s.catalog import Catalog
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import handlers as h
 from s2s.web.draining import DrainingHTTPServer
+from s2s.web.metrics import MetricsHandler, ProcessMetrics
 from s2s.web.operator import operator_routes
 from s2s.web.ws import JobSocket, WsContext
 
@@ -23,8 +25,9 @@ log = logging.getLogger("s2s.api")
 DRAIN_S = 5.0  # on SIGTERM, how long requests in flight and closing sockets get before the process goes
 
 
-def make_app(ctx: h.AppContext, live: WsContext | None = None) -> tornado.web.Application:
-    """The API; with ``live`` (the running actors) also the /ws socket."""
+def make_app(ctx: h.AppContext, live: WsContext | None = None,
+             metrics: ProcessMetrics | None = None) -> tornado.web.Application:
+    """The API; with ``live`` (the running actors) also the /ws socket, with ``metrics`` its share of /metrics."""
     route = r"/api/jobs/" + h.JOB_ID
     sockets = [(r"/ws", JobSocket, {"live": live})] if live is not None else []
     return tornado.web.Application(
@@ -40,11 +43,13 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None) -> tornado.web.Ap
             (r"/api/queue/pause", h.PauseHandler, {"ctx": ctx}),
             (r"/api/queue/resume", h.ResumeHandler, {"ctx": ctx}),
             (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
+            (r"/metrics", MetricsHandler, {"ctx": ctx, "process": metrics}),
             *operator_routes(ctx),
         ],
         default_handler_class=h.NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
+        log_function=logs.log_request,
     )
 
 
@@ -59,9 +64,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     queue = Queue.connect(settings)
     actors = LiveActors.start(settings, IOLoop.current())  # on the loop's thread: the loop they call back into
     live = WsContext(settings=settings, queue=queue, actors=actors)
-    server = None
+    server = metrics = None
     try:
-        app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog), live)
+        metrics = await ProcessMetrics.start(queue, live)  # this process's sockets and events, for /metrics
+        app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog), live, metrics)
         server = DrainingHTTPServer(app, xheaders=settings.trust_proxy, max_body_size=settings.max_body_bytes * 2,
                                     idle_connection_timeout=120)
         server.listen(settings.port, settings.host)
@@ -76,6 +82,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     finally:
         if server is not None:
             await _drain(server, live)
+        if metrics is not None:
+            await metrics.stop()
         await asyncio.get_running_loop().run_in_executor(None, actors.stop)  # joins threads: off the loop
         await queue.close()
         log.info("api stopped")
