@@ -14,7 +14,7 @@ setup(
     packages=find_packages(include=["s2s", "s2s.*", "tui", "tui.*"]) + ["s2s.config"],
     # the top-level config/ directory is installed as the package data s2s.config
     package_dir={"s2s.config": "config"},
-    package_data={"s2s.config": ["*.toml", ".env.example"], "s2s.lua": ["*.lua"]},
+    package_data={"s2s.config": ["*.toml", ".env.example"], "s2s.lua": ["*.lua"], "s2s.web": ["static/*"]},
     include_package_data=False,
     install_requires=[
         "tornado>=6.4",
@@ -32,7 +32,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9",
-                 "syrupy>=5", "PyYAML>=6"],
+                 "syrupy>=5", "PyYAML>=6",
+                 "playwright>=1.49"],  # drives the system's chromium (tests/test_browser.py); no `playwright install`
     },
     entry_points={"console_scripts": ["s2s=s2s.cli:main", "s2s-tui=tui.app:main"]},
 )

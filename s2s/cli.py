@@ -69,7 +69,8 @@ def cmd_up(args) -> int:
     """Embedded Redis (unless REDIS_URL), the API and one worker; Ctrl-C stops all of it."""
     from s2s.embedded import EmbeddedRedis, die_with_parent
 
-    settings = _settings(port=args.port, data_dir=args.data_dir)
+    # the demo page is on locally unless the user chose otherwise (S2S_DEMO in the environment or .env)
+    settings = _settings(port=args.port, data_dir=args.data_dir, demo=None if _user_set("S2S_DEMO") else True)
     _setup_logs(settings)
     stopping = False
 
@@ -96,6 +97,9 @@ def cmd_up(args) -> int:
         if _wait_healthy(url, children, lambda: stopping):
             print(f"s2s is up at {url}  (Redis: {redis_url}; provider: {settings.effective_provider}; "
                   f"Ctrl-C to stop)", flush=True)
+            if settings.demo:
+                print(f"Open {url}/ in a browser to make a storybook picture from a photo (the demo page).",
+                      flush=True)
         while not stopping:
             dead = [c for c in children if c.poll() is not None]
             if dead:
@@ -119,6 +123,17 @@ def cmd_up(args) -> int:
             embedded.stop()
         print("s2s stopped", flush=True)
     return code
+
+
+def _user_set(var: str) -> bool:
+    """Whether ``var`` was given a value (environment or ``.env``), as opposed to left at its default."""
+    if var in os.environ:
+        return True
+    if Path(".env").is_file():
+        from dotenv import dotenv_values
+
+        return var in dotenv_values(".env")
+    return False
 
 
 def _wait_healthy(url: str, children, stopping, timeout: float = 30.0) -> bool:

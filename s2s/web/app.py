@@ -15,6 +15,7 @@ from s2s.catalog import Catalog
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import handlers as h
+from s2s.web.demo import browser_routes
 from s2s.web.draining import DrainingHTTPServer
 from s2s.web.metrics import MetricsHandler, ProcessMetrics
 from s2s.web.operator import operator_routes
@@ -45,6 +46,7 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None,
             (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
             (r"/metrics", MetricsHandler, {"ctx": ctx, "process": metrics}),
             *operator_routes(ctx),
+            *browser_routes(ctx.settings),  # /static/s2s-client.js; the demo page at / with S2S_DEMO
         ],
         default_handler_class=h.NotFoundHandler,
         default_handler_args={"ctx": ctx},

@@ -1,0 +1,403 @@
+"""The demo page in a real browser (Debian's headless Chromium, driven by Playwright) against a real ``s2s up``.
+
+Each test starts ``s2s up`` as a newcomer does (no S2S_DEMO, embedded Redis), opens the URL it
+prints and uses the page as a person would. Between the browser and the server there may be a
+TCP hop that behaves like a bad network: it drops every connection, or refuses WebSocket
+upgrades as some proxies do. Screenshots of every step are saved under tests/artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from s2s.embedded import free_port
+from tests.helpers import child_env, data_url, http_json, photo_bytes, wait_until
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright never downloads a browser here
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PHONE = {"width": 390, "height": 844}
+ARTIFACTS = Path(__file__).parent / "artifacts" / "browser"
+ADMIN = "browser-test-token"
+# what the page showed, step by step: (progress bar value, status line), recorded as it changes
+RECORD_STATUS = """
+window.__shown = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("progress"), status = document.getElementById("status");
+  new MutationObserver(() => window.__shown.push([bar.value, status.textContent]))
+    .observe(status, {childList: true, characterData: true, subtree: true});
+});
+"""
+
+
+class DemoUp:
+    """``s2s up`` as a newcomer runs it: no S2S_DEMO, an embedded Redis; stopped with Ctrl-C."""
+
+    def __init__(self, tmp_path: Path, settings, **env):
+        environ = child_env(settings, S2S_ADMIN_TOKEN=ADMIN, **env)
+        for var in ("REDIS_URL", "S2S_DEMO"):
+            environ.pop(var, None)
+        self.log = tmp_path / "up.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "s2s", "up", "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
+                env=environ, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                start_new_session=True)
+        self.demo_url = wait_until(self._printed_url, timeout=40, interval=0.1, what="s2s up to print the page's URL")
+        self.api = self.demo_url.rstrip("/")
+        me = psutil.Process(self.proc.pid)
+        self.family = [me, *me.children(recursive=True)]
+
+    def _printed_url(self) -> str | None:
+        assert self.proc.poll() is None, self.log.read_text()
+        found = re.search(r"Open (http://\S+/) in a browser", self.log.read_text())
+        return found and found.group(1)
+
+    def operator(self, method: str, path: str) -> dict:
+        status, _, body = http_json(method, self.api + path, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert status == 200, body
+        return json.loads(body)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.family:
+            if p.is_running():
+                p.kill()
+
+
+class FlakyNetwork:
+    """A TCP hop between the browser and the server that can fail the way networks do.
+
+    ``cut()`` drops every open connection and refuses new ones until ``restore()`` (Wi-Fi gone);
+    ``block_websockets`` closes any connection that asks for a WebSocket upgrade (some proxies).
+    """
+
+    def __init__(self, port: int):
+        self.port = port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/"
+        self.down = self.closed = False
+        self.block_websockets = False
+        self.refused = 0
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                browser, _ = self.server.accept()
+            except OSError:  # the 0.2 s timeout, or closed
+                continue
+            browser.settimeout(None)
+            if self.down:
+                self.refused += 1
+                browser.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            server.settimeout(None)
+            with self.lock:
+                self.open |= {browser, server}
+            threading.Thread(target=self._pipe, args=(browser, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, browser, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_browser: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_browser and self.block_websockets and b"upgrade: websocket" in data.lower():
+                    self.refused += 1
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._drop(src)
+            self._drop(dst)
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.open.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def cut(self) -> None:
+        self.down = True
+        with self.lock:
+            dropping = list(self.open)
+        for sock in dropping:
+            self._drop(sock)
+
+    def restore(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.server.close()
+
+
+class Tab:
+    """One page in a fresh Chromium profile: its console, its sockets' frames, numbered screenshots."""
+
+    def __init__(self, context, shots: Path):
+        self.page = context.pages[0] if context.pages else context.new_page()
+        self.shots = shots
+        self.count = 0
+        self.problems: list[str] = []  # uncaught errors and Content-Security-Policy refusals
+        self.sockets: list[dict] = []  # every WebSocket the page opened: frames sent and received
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.page.on("console", lambda msg: "Content Security Policy" in msg.text and self.problems.append(msg.text))
+        self.page.on("websocket", self._on_socket)
+        self.page.add_init_script(RECORD_STATUS)
+
+    def _on_socket(self, ws) -> None:
+        record = {"url": ws.url, "sent": [], "received": []}
+        self.sockets.append(record)
+        ws.on("framesent", lambda payload: record["sent"].append(json.loads(payload)))
+        ws.on("framereceived", lambda payload: record["received"].append(json.loads(payload)))
+
+    def shot(self, step: str) -> None:
+        self.count += 1
+        self.page.screenshot(path=self.shots / f"{self.count:02d}-{step}.png", full_page=True)
+
+    def fill_form(self, photo: Path, hero: str, theme: str, style: str, kind: str = "Cover") -> None:
+        page = self.page
+        page.get_by_label("Photo of the hero").set_input_files(photo)
+        page.get_by_label("Hero's name").fill(hero)
+        page.get_by_label("Theme").select_option(theme)
+        page.get_by_label("Style").select_option(style)
+        page.get_by_label(kind, exact=True).check()
+
+    def shown(self) -> list[tuple[int, str]]:
+        """What the progress bar and the status line showed, each change once."""
+        steps = [(int(value), text) for value, text in self.page.evaluate("window.__shown")]
+        return [step for i, step in enumerate(steps) if i == 0 or step != steps[i - 1]]
+
+    def assert_no_problems(self) -> None:
+        assert not self.problems, self.problems
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture
+def tab(playwright, tmp_path, request, capsys):
+    shots = ARTIFACTS / request.node.name
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
+    context = playwright.chromium.launch_persistent_context(
+        tmp_path / "chromium-profile", executable_path=CHROMIUM, args=FLAGS, headless=True, viewport=PHONE)
+    try:
+        yield Tab(context, shots)
+    finally:
+        context.close()
+        with capsys.disabled():
+            print(f"\n  screenshots: {shots}")
+
+
+@pytest.fixture
+def s2s_up(tmp_path, settings):
+    started: list[DemoUp] = []
+
+    def start(**env) -> DemoUp:
+        started.append(DemoUp(tmp_path, settings, **env))
+        return started[-1]
+
+    yield start
+    for up in started:
+        up.stop()
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "mia.jpg"
+    path.write_bytes(photo_bytes())
+    return path
+
+
+def test_a_newcomer_opens_the_printed_url_and_gets_a_storybook_picture(s2s_up, tab, photo):
+    up = s2s_up(S2S_PROVIDER="local")
+    page = tab.page
+    page.goto(up.demo_url)
+    catalog = json.loads(http_json("GET", up.api + "/api/catalog")[2])
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    themes = page.get_by_label("Theme").locator("option")
+    assert [o.get_attribute("value") for o in themes.all()] == [t["id"] for t in catalog["themes"]]
+    assert themes.all_inner_texts()[1] == f"{catalog['themes'][1]['name']}: {catalog['themes'][1]['tagline']}"
+    assert page.get_by_label("Style").locator("option").all_inner_texts() == [s["name"] for s in catalog["styles"]]
+    tab.shot("opened")
+
+    tab.fill_form(photo, "Mia", theme="space", style="cartoon")
+    expect(page.get_by_alt_text("The chosen photo")).to_be_visible()
+    page.get_by_label("Style").focus()
+    page.keyboard.press("Tab")  # the checked kind
+    page.keyboard.press("Tab")  # the button
+    button = page.locator("button#generate")
+    expect(button).to_have_text("Generate")
+    expect(button).to_be_focused()
+    assert button.evaluate("b => getComputedStyle(b).outlineStyle") != "none"  # focus is visible
+    tab.shot("filled-in-and-focused")
+
+    up.operator("POST", "/api/queue/pause")  # a busy queue: the job waits, the page says so
+    page.keyboard.press("Enter")
+    status = page.get_by_role("status")
+    expect(status).to_have_text("0% · Waiting in the queue")  # the server's words
+    expect(page.get_by_text("Live updates: connected.")).to_be_visible()
+    expect(button).to_be_disabled()
+    expect(button).to_have_text("Generating… 0%")
+    tab.shot("queued")
+
+    up.operator("POST", "/api/queue/resume")
+    picture = page.get_by_alt_text("Storybook cover of Mia")
+    expect(picture).to_be_visible(timeout=30_000)
+    expect(status).to_have_text("100% · Done!")
+    expect(page.get_by_role("progressbar")).to_have_attribute("value", "100")
+    expect(page.get_by_role("heading", name="Your storybook picture")).to_be_focused()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=picture.element_handle())
+    width, height = picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert height > width > 300  # a portrait cover, drawn by the server
+    job_id = re.search(r"/api/jobs/([\w-]+)/image$", picture.get_attribute("src")).group(1)
+    assert up.operator("GET", f"/api/jobs/{job_id}/events")["events"][-1]["type"] == "job_completed"
+    assert page.get_by_role("link", name="Download the picture").get_attribute("href") == picture.get_attribute("src")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # fits a phone's width
+    expect(button).to_be_enabled()
+    tab.shot("done")
+    tab.assert_no_problems()
+
+
+def test_the_page_reconnects_after_the_connection_drops_mid_job_and_shows_completion(s2s_up, tab, photo):
+    up = s2s_up(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS="5000")  # a progress event every 250 ms
+    net = FlakyNetwork(int(up.api.rsplit(":", 1)[1]))
+    try:
+        page = tab.page
+        page.goto(net.url)
+        tab.fill_form(photo, "Leo", theme="ocean", style="sketch")
+        page.get_by_role("button", name="Generate").click()
+        status = page.get_by_role("status")
+        expect(status).to_have_text(re.compile(r"· Drawing \(noop provider\), step \d+ of 20$"), timeout=20_000)
+        tab.shot("drawing")
+
+        net.cut()
+        expect(page.get_by_text("Connection lost: reconnecting…")).to_be_visible()
+        wait_until(lambda: net.refused >= 1, what="the page to try to reconnect while the network is down")
+        tab.shot("connection-lost")
+        seen_before = max(f["seq"] for f in tab.sockets[0]["received"] if "seq" in f)
+
+        net.restore()
+        expect(page.get_by_alt_text("Storybook cover of Leo")).to_be_visible(timeout=30_000)
+        expect(status).to_have_text("100% · Done!")
+        tab.shot("done-after-reconnecting")
+    finally:
+        net.close()
+
+    first, *_, last = tab.sockets
+    assert first["sent"][0] == {"type": "subscribe_to_job", "jobId": first["sent"][0]["jobId"]}
+    assert last["sent"][0] == {"type": "subscribe_to_job", "jobId": first["sent"][0]["jobId"], "lastSeq": seen_before}
+    seqs = [f["seq"] for s in tab.sockets for f in s["received"] if "seq" in f]
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))  # across the drop: nothing missed, nothing twice
+    events = up.operator("GET", f"/api/jobs/{first['sent'][0]['jobId']}/events")["events"]
+    server_said = [e["message"] for e in events if e["type"] == "job_progress" and e["seq"] >= seqs[0]]
+    page_said = [text.split(" · ", 1)[1] for _, text in tab.shown()]
+    # the POST's answer, then every message of the server from the first it sent, in order, once
+    assert page_said == ["Job queued successfully", *server_said, "Done!"]
+    bar = [value for value, _ in tab.shown()]
+    assert bar == sorted(bar) and bar[-1] == 100
+    tab.assert_no_problems()
+
+
+def test_a_file_that_is_not_a_picture_shows_the_servers_error(s2s_up, tab, tmp_path):
+    up = s2s_up(S2S_PROVIDER="local")
+    fake = tmp_path / "holiday.png"
+    fake.write_bytes(b"These are my holiday notes, not a photo.\n")
+    status, _, body = http_json("POST", up.api + "/api/jobs/generate-image", json.dumps(
+        {"heroName": "Leo", "originalImageBase64": data_url(fake.read_bytes(), "image/png")}).encode(),
+        {"Content-Type": "application/json"})
+    assert status == 400
+    server_said = json.loads(body)["error"]
+
+    page = tab.page
+    page.goto(up.demo_url)
+    tab.fill_form(fake, "Leo", theme="forest", style="watercolor")
+    tab.shot("filled-in-with-a-text-file")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("alert")).to_have_text(server_said)
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    expect(page.get_by_role("status")).to_be_hidden()  # no job was made
+    tab.shot("server-error-shown")
+    tab.assert_no_problems()
+
+
+def test_behind_a_proxy_that_refuses_websockets_the_page_follows_the_job_by_polling(s2s_up, tab, photo):
+    up = s2s_up(S2S_PROVIDER="local")
+    net = FlakyNetwork(int(up.api.rsplit(":", 1)[1]))
+    net.block_websockets = True
+    try:
+        page = tab.page
+        page.goto(net.url)
+        tab.fill_form(photo, "Ada", theme="fairytale", style="storybook", kind="Page")
+        up.operator("POST", "/api/queue/pause")  # the job waits until the page has given up on sockets
+        page.get_by_role("button", name="Generate").click()
+        expect(page.get_by_text("Live updates are unavailable here")).to_be_visible(timeout=20_000)
+        expect(page.get_by_role("status")).to_have_text("0% · Waiting in the queue")
+        tab.shot("polling")
+        up.operator("POST", "/api/queue/resume")
+        expect(page.get_by_alt_text("Storybook page of Ada")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("status")).to_have_text("100% · Done!")
+        width, height = page.get_by_alt_text("Storybook page of Ada").evaluate(
+            "img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])")
+        assert width > height  # a landscape page
+        tab.shot("done-by-polling")
+    finally:
+        net.close()
+    assert net.refused == 3 and all(not s["received"] for s in tab.sockets)  # three tries, then polling only
+    tab.assert_no_problems()
+
+
+def test_without_s2s_demo_the_api_serves_the_client_module_but_no_page(stack):
+    url = stack.api()  # `s2s serve` as in production: S2S_DEMO off, its default
+    status, headers, body = http_json("GET", url + "/")
+    assert status == 404 and json.loads(body)["code"] == "not_found"
+    status, headers, body = http_json("GET", url + "/static/s2s-client.js", headers={"Origin": "https://app.example"})
+    assert status == 200 and headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert headers["Access-Control-Allow-Origin"] == "*" and headers["Cache-Control"] == "no-cache"
+    assert b"export class ImageGeneration" in body
+    etag = headers["Etag"]
+    assert http_json("GET", url + "/static/s2s-client.js", headers={"If-None-Match": etag})[0] == 304
+    assert http_json("GET", url + "/static/demo.js")[0] == 404  # the demo page's own files: only with S2S_DEMO
+
+
+def test_with_s2s_demo_the_page_comes_with_a_content_security_policy(stack):
+    url = stack.api(S2S_DEMO="true")
+    status, headers, body = http_json("GET", url + "/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert b"<script>" not in body and b"<style" not in body and b' style="' not in body  # nothing inline
+    status, headers, _ = http_json("GET", url + "/static/demo.css")
+    assert status == 200 and headers["Content-Type"] == "text/css; charset=utf-8"
+    status, _, body = http_json("POST", url + "/static/demo.js", b"{}")
+    assert status == 405 and json.loads(body)["code"] == "method_not_allowed"
