@@ -33,6 +33,7 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9",
                  "syrupy>=5", "PyYAML>=6",
+                 "schemathesis>=4.30,<5",  # tests/test_openapi.py (engine API and config); 4.30 is the last for 3.10
                  "playwright>=1.49"],  # drives the system's chromium (tests/test_browser.py); no `playwright install`
     },
     entry_points={"console_scripts": ["s2s=s2s.cli:main", "s2s-tui=tui.app:main"]},

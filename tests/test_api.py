@@ -779,8 +779,9 @@ class TestOperatorViews:
         assert [(j["jobId"], j["error"]) for j in failed["jobs"]] == [(first, "It broke.")]
         resp = await call(http_client, base_url, "/api/jobs?state=bogus", headers=operator())
         assert_error(resp, 400, "invalid_state", "state")
-        resp = await call(http_client, base_url, "/api/jobs?state=failed&limit=0", headers=operator())
-        assert_error(resp, 400, "invalid_limit", "limit")
+        for bad in ("0", "501", "%C2%B2", "-1"):  # "²" passes str.isdigit() but is no number
+            resp = await call(http_client, base_url, f"/api/jobs?state=failed&limit={bad}", headers=operator())
+            assert_error(resp, 400, "invalid_limit", "limit")
 
     @pytest.mark.gen_test(timeout=20)
     async def test_a_jobs_event_history(self, http_client, base_url, queue):

@@ -18,6 +18,7 @@ from s2s.web import handlers as h
 from s2s.web.demo import browser_routes
 from s2s.web.draining import DrainingHTTPServer
 from s2s.web.metrics import MetricsHandler, ProcessMetrics
+from s2s.web.openapi import openapi_route
 from s2s.web.operator import operator_routes
 from s2s.web.ws import JobSocket, WsContext
 
@@ -45,6 +46,7 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None,
             (r"/api/queue/resume", h.ResumeHandler, {"ctx": ctx}),
             (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
             (r"/metrics", MetricsHandler, {"ctx": ctx, "process": metrics}),
+            openapi_route(ctx),
             *operator_routes(ctx),
             *browser_routes(ctx.settings),  # /static/s2s-client.js; the demo page at / with S2S_DEMO
         ],

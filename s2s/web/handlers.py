@@ -74,13 +74,15 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def options(self, *args, **kwargs) -> None:
         """CORS preflight: which methods and headers a browser may use here."""
-        self.set_header("Access-Control-Allow-Methods", ", ".join(
-            m for m in ("GET", "POST", "OPTIONS") if m == "OPTIONS" or self._implements(m)))
+        self.set_header("Access-Control-Allow-Methods", self._allowed_methods())
         self.set_header("Access-Control-Allow-Headers", "Content-Type, Idempotency-Key, Authorization")
         self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()
+
+    def _allowed_methods(self) -> str:
+        return ", ".join(m for m in ("GET", "POST", "OPTIONS") if m == "OPTIONS" or self._implements(m))
 
     def _implements(self, method: str) -> bool:
         return getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
@@ -101,6 +103,8 @@ class ApiHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_cors_headers()  # send_error() cleared them: a browser must still be able to read the error
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 405:
+            self.set_header("Allow", self._allowed_methods())  # RFC 9110: a 405 says what is allowed
         if isinstance(exc, redis.exceptions.RedisError):
             self.fail(503, "redis_unavailable", "The job store is not reachable; try again shortly.")
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
@@ -164,7 +168,7 @@ class GenerateImageHandler(ApiHandler):
             self.fail(415, "unsupported_media_type", "Send the job as JSON (Content-Type: application/json).")
             return
         length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > limit:
+        if length and re.fullmatch(r"[0-9]+", length) and int(length) > limit:
             self.fail(413, "request_too_large", f"The request is larger than {limit} bytes.",
                       {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
 

@@ -4,6 +4,7 @@ and the bulk action "retry every failed job". All behind the operator token."""
 from __future__ import annotations
 
 import logging
+import re
 
 from s2s.web.handlers import JOB_ID, ApiHandler
 
@@ -32,7 +33,7 @@ class JobListHandler(ApiHandler):
             return self.fail(400, "invalid_state", f"state must be one of {', '.join(JOB_STATES)}.",
                              {"field": "state"})
         raw_limit = self.get_query_argument("limit", "50")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+        if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 500:  # not isdigit(): "²"
             return self.fail(400, "invalid_limit", "limit must be a whole number from 1 to 500.",
                              {"field": "limit"})
         jobs = await self.ctx.queue.list_jobs(state, int(raw_limit))
