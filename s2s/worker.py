@@ -100,7 +100,7 @@ class Worker:
             await asyncio.gather(fetcher, return_exceptions=True)
             await self._finish_running()
             for task in helpers:
-                task.cancel()
+                timeouts.cancel(task)  # the loops also check cancel_requested(): 3.10 can swallow a cancel
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.queue.pipeliner.drain()
             await self._leave()
@@ -296,7 +296,7 @@ class Worker:
         interval = self.settings.lease_ms / 3000
         reap_every = min(1.0, interval)
         next_beat = time.monotonic() + interval
-        while True:
+        while not timeouts.cancel_requested():
             await asyncio.sleep(reap_every)
             try:
                 if time.monotonic() >= next_beat:
@@ -312,11 +312,13 @@ class Worker:
 
     async def _control_loop(self) -> None:
         """Operator commands over pub/sub: cancel a job we run, wake up on resume."""
-        while True:
+        while not timeouts.cancel_requested():
             pubsub = self.queue.redis.pubsub()
             try:
                 await pubsub.subscribe(self.queue.keys.control_channel)
                 async for message in pubsub.listen():
+                    if timeouts.cancel_requested():
+                        return
                     if message.get("type") != "message":
                         continue
                     command = json.loads(message["data"])
