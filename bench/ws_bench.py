@@ -279,7 +279,8 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "S2S_LOG_LEVEL": "warning",
-               "S2S_ENV": "production", "WS_PING_INTERVAL": str(args.ping_interval),
+               "S2S_ENV": "production", "S2S_MAX_SOCKETS_PER_CLIENT": "0",  # every socket comes from 127.0.0.1
+               "WS_PING_INTERVAL": str(args.ping_interval),
                "WS_PING_TIMEOUT": str(max(60_000, 2 * args.ping_interval))}
         api_proc = subprocess.Popen([sys.executable, "-m", "s2s", "serve"], env=env)
         clients = None
