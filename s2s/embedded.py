@@ -57,7 +57,7 @@ class EmbeddedRedis:
         """``appendfsync``: ``everysec`` (an OS crash may lose the last second, and so may a killed
         redis-server while a busy disk makes it postpone AOF writes) or ``always`` (on disk before
         every answer: nothing acknowledged is lost, at a cost in write latency)."""
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server applies --dir (a chdir) before --logfile
         self.port = port
         self.persistent = persistent
         self.appendfsync = appendfsync

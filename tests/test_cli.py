@@ -26,7 +26,7 @@ class Up:
         environ.pop("REDIS_URL")  # embedded Redis, as on a fresh laptop
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "s2s", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                [sys.executable, "-m", "s2s", "up", "--port", str(port)],  # the default data dir, .s2s, in the cwd
                 env=environ, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path,
                 start_new_session=True)
         self.url = f"http://localhost:{port}"
@@ -76,6 +76,7 @@ def test_a_job_accepted_before_a_restart_of_s2s_up_completes_after_it(tmp_path, 
     finally:
         first.kill()
     assert "s2s stopped" in first.log.read_text()
+    assert list((tmp_path / ".s2s").rglob("*.aof*")), "the embedded Redis keeps its AOF under ./.s2s"
     second = Up(tmp_path, port, settings, **{**env, "S2S_NOOP_DELAY_MS": "100"})
     try:
         job = wait_until(lambda: (j := job_status(second.url, job_id))["status"] == "completed" and j,
