@@ -20,10 +20,11 @@ from s2s import __version__
 from s2s.catalog import Catalog
 from s2s.settings import Settings
 from s2s.web.demo import CLIENT_FILES, DEMO_FILES
-from s2s.web.handlers import ApiHandler
+from s2s.web.handlers import JOB_ID, ApiHandler
+from s2s.web.operator import JOB_STATES
 
 SCHEMAS = "#/components/schemas/"
-JOB_ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # the route pattern of s2s.web.handlers.JOB_ID
+JOB_ID_PATTERN = "^" + JOB_ID.split(">", 1)[1][:-1] + "$"  # the route's own pattern, without its group
 JSON = "application/json"
 
 WEBSOCKET = """\
@@ -380,7 +381,7 @@ def _paths(settings: Settings, catalog: Catalog) -> dict:
             "summary": "The newest jobs in one state (waiting: in the order they will run)",
             "parameters": [
                 {"name": "state", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": list(_JOB_STATES), "default": "active"}},
+                 "schema": {"type": "string", "enum": list(JOB_STATES), "default": "active"}},
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
             ],
@@ -456,7 +457,6 @@ def _retry_after(*, required: bool) -> dict:
 # A 1x1 PNG: the example submission is a real one (the API accepts it).
 _EXAMPLE_PHOTO = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4dSIAAATSAhOn"
                   "fE5zAAAAAElFTkSuQmCC")
-_JOB_STATES = ("waiting", "active", "delayed", "completed", "failed", "cancelled")  # s2s.web.operator.JOB_STATES
 
 
 # ---- schemas -----------------------------------------------------------------------------
@@ -610,7 +610,7 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
         "JobList": {
             "type": "object",
             "required": ["state", "jobs"],
-            "properties": {"state": {"enum": list(_JOB_STATES)}, "jobs": {"type": "array", "items": _ref("Job")}},
+            "properties": {"state": {"enum": list(JOB_STATES)}, "jobs": {"type": "array", "items": _ref("Job")}},
         },
         "RetryFailedResult": {
             "type": "object",
