@@ -51,9 +51,9 @@ def cmd_worker(args) -> int:
     from s2s.catalog import Catalog
     from s2s.providers import make_provider
     from s2s.queue import Queue
-    from s2s.worker import Worker
+    from s2s.worker import WAIT_FOR_WORK_S, Worker
 
-    queue = Queue.connect(settings)
+    queue = Queue.connect(settings, blocking_s=WAIT_FOR_WORK_S)
     try:
         provider = make_provider(settings, redis=queue.redis)  # the redis: limits shared by every worker
     except SettingsError as exc:

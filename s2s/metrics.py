@@ -30,6 +30,7 @@ from s2s.queue import Queue
 JOBS = "s2s_jobs_total"
 JOB_DURATION = "s2s_job_duration_seconds"
 UPSTREAM_CALLS = "s2s_upstream_calls_total"
+UPSTREAM_STARTED = "s2s_upstream_calls_started_total"  # counted in Redis as each call begins (s2s/lua/upstream.lua)
 EVENTS_DELIVERED = "s2s_ws_events_delivered_total"
 
 #: Run time of one attempt: noop and local take well under a second, the AI providers tens of seconds.
@@ -222,6 +223,13 @@ class Snapshot:
             upstream.add_metric([labels.get("provider", ""), labels.get("outcome", ""), labels.get("status", "")],
                                 value)
         yield upstream
+        started = CounterMetricFamily(UPSTREAM_STARTED, "Calls to the image provider begun, counted as each one "
+                                                        "starts (a worker killed mid-call still counted it): "
+                                                        "divided by completed jobs, the pictures paid per job.",
+                                      labels=["provider"])
+        for labels, value in self._samples(UPSTREAM_STARTED):
+            started.add_metric([labels.get("provider", "")], value)
+        yield started
 
         yield GaugeMetricFamily("s2s_api_processes", "API processes reporting (each one every few seconds).",
                                 value=len(self.processes))

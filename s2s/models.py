@@ -68,6 +68,7 @@ class Job:
     error_code: str | None = None
     provider: str | None = None
     seq: int = 0
+    upstream_calls: int = 0
 
     @classmethod
     def from_redis(cls, h: Mapping[str, str]) -> Job:
@@ -92,6 +93,7 @@ class Job:
             error_code=h.get("errorCode") or None,
             provider=h.get("provider") or None,
             seq=int(h.get("seq") or 0),
+            upstream_calls=int(h.get("upstreamCalls") or 0),
         )
 
     def to_json(self, base_url: str = "") -> dict:
@@ -104,6 +106,7 @@ class Job:
             "createdAt": iso_ms(self.created_at),
             "attempts": self.attempts,
             "maxAttempts": self.max_attempts,
+            "upstreamCalls": self.upstream_calls,
             "heroName": self.hero_name,
             "themeId": self.theme_id,
             "styleKey": self.style_key,

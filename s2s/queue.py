@@ -18,14 +18,16 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 from attrs import field, frozen
 
-from s2s import scripts
+from s2s import connections, scripts
 from s2s.keys import Keys
 from s2s.models import Job, Stats, image_path
 from s2s.settings import Settings
+from s2s.store import StoreMemory
 
 MAX_EVENTS = 200  # per-job event log bound; a job has a dozen in a normal life
 MAX_REFUNDS = 20  # rate-limited attempts given back per job; past that they count
 WORKER_MEMORY_MS = 3600 * 1000  # a worker that stopped is still listed (as dead) for an hour
+REAP_CONFIRM_SLACK_MS = 2000  # see Queue.reap_confirm_ms
 INLINE_PHOTO_BYTES = 256 * 1024  # small photos come back with the claim itself, saving a round trip
 
 
@@ -117,16 +119,15 @@ class Queue:
         self._input_suffix = k.job_input("x")[len(k.job("x")):]
         self._opened = time.monotonic()  # this process's start, for worker_absence_ms
         self._worker_seen: float | None = None
+        self.memory = StoreMemory(redis, settings.store_high_water_percent)  # how full Redis is
+        self.max_block_s = settings.redis_timeout_ms / 2000  # a BLMOVE must end before the read timeout does
 
     @classmethod
-    def connect(cls, settings: Settings, url: str | None = None) -> Queue:
-        # a bounded pool that waits for a free connection instead of opening one per concurrent call.
-        # RESP2: over RESP3 (redis-py 8's default) the pool skips its check of a pooled connection
-        # before use (redis/redis-py#4252), so after a Redis restart each one failed a request
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url or settings.redis_url or "redis://127.0.0.1:6379/0", max_connections=64, timeout=20,
-            health_check_interval=30, protocol=2)
-        return cls(aioredis.Redis.from_pool(pool), settings)
+    def connect(cls, settings: Settings, url: str | None = None, *, blocking_s: float = 0.0) -> Queue:
+        """On a bounded pool (:mod:`s2s.connections`); ``blocking_s``: the longest BLMOVE this process makes."""
+        queue = cls(connections.async_client(settings, url, blocking_s=blocking_s), settings)
+        queue.max_block_s = max(queue.max_block_s, blocking_s)
+        return queue
 
     async def close(self) -> None:
         await self.pipeliner.drain()
@@ -230,7 +231,7 @@ class Queue:
         BLMOVE from the list to itself rotates one id back in place: a blocking peek.
         """
         k = self.keys
-        got = await self.redis.blmove(k.waiting, k.waiting, timeout, "RIGHT", "RIGHT")
+        got = await self.redis.blmove(k.waiting, k.waiting, min(timeout, self.max_block_s), "RIGHT", "RIGHT")
         return got is not None
 
     async def load_photo(self, job_id: str) -> bytes | None:
@@ -253,6 +254,11 @@ class Queue:
         k = self.keys
         return self.pipeliner.call("progress", [k.job(claim.job_id), k.job_events(claim.job_id)],
                                    [claim.fence, int(percent), message, *self._common()])
+
+    def upstream_call(self, claim: Claim, metrics_field: str) -> asyncio.Future:
+        """Count an upstream call beginning, on the job and in the metrics counter ``metrics_field``."""
+        return self.pipeliner.call("upstream", [self.keys.job(claim.job_id), self.keys.metrics_counters],
+                                   [claim.fence, metrics_field])
 
     async def complete(self, claim: Claim, data: bytes, content_type: str, provider: str) -> bool:
         """Store the image and end the job; False when this worker no longer holds it."""
@@ -289,11 +295,17 @@ class Queue:
         return bool(ok)
 
     async def reap(self, limit: int = 100) -> int:
-        """Take back jobs whose lease expired; return how many."""
+        """Take back jobs whose lease expired and stayed so for :meth:`reap_confirm_ms`; return how many."""
         k = self.keys
         return int(await scripts.call(
             self.redis, "reap", [k.active, k.waiting, k.failed, k.totals, k.completed, k.cancelled],
-            [self._job_prefix, self._events_suffix, self._input_suffix, *self._common(), limit]))
+            [self._job_prefix, self._events_suffix, self._input_suffix, *self._common(), limit,
+             self.reap_confirm_ms()]))
+
+    def reap_confirm_ms(self) -> int:
+        """How long an expired lease stays suspected before it is taken back: a heartbeat interval and
+        two seconds, which a live worker needs to renew after Redis comes back from an outage."""
+        return self.settings.lease_ms // 3 + REAP_CONFIRM_SLACK_MS
 
     def alive_within_ms(self) -> int:
         """A worker heard from within this long is alive (three missed heartbeats)."""

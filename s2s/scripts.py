@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 
 _LIB = resources.files("s2s.lua").joinpath("_lib.lua").read_text()
 NAMES = ("enqueue", "claim", "extend", "progress", "complete", "fail", "release", "reap", "stats", "cancel",
-         "retry")
+         "retry", "upstream")
 
 
 class Script:

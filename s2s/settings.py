@@ -156,6 +156,11 @@ class Settings:
                             "waiting jobs past which new submits are refused with 503 (0: no cap)")
     max_sockets_per_client: int = _env("S2S_MAX_SOCKETS_PER_CLIENT", _int(0), 50,
                                        "WebSockets one client may hold open on one API process (0: no cap)")
+    redis_timeout_ms: int = _env("S2S_REDIS_TIMEOUT_MS", _int(100, 60000), 1000,
+                                 "longest wait for Redis to accept a connection or answer a command")
+    store_high_water_percent: int = _env(
+        "S2S_STORE_HIGH_WATER_PERCENT", _int(0, 100), 90,
+        "share of Redis's maxmemory past which submits get 503 storage_full and claims pause (0: only at maxmemory)")
     worker_absent_ms: int = _env("S2S_WORKER_ABSENT_MS", _int(0), 60000,
                                  "health answers 503 once no worker has been alive this long (0: never)")
     # --- providers ---

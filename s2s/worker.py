@@ -2,8 +2,9 @@
 
 Runs ``concurrency`` jobs at once on one asyncio loop. Leases are renewed by a
 heartbeat; a reaper in every worker takes back jobs of workers that died. On
-SIGTERM it drains: takes nothing new, lets running jobs finish within the grace
-period, and hands the rest back to the queue without using up an attempt.
+SIGTERM it drains: takes nothing new, hands back at once (without using up an
+attempt) the jobs whose upstream call had not begun, and finishes and stores the
+calls it has paid for (see :meth:`Worker._finish_running`).
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ import time
 
 import redis.exceptions
 
-from s2s import timeouts
+from s2s import store, timeouts
 from s2s.catalog import Catalog
-from s2s.metrics import ClusterMetrics, WorkerMetrics
+from s2s.metrics import UPSTREAM_STARTED, ClusterMetrics, WorkerMetrics
+from s2s.metrics import field as metrics_field
 from s2s.provider_state import ProviderHealth
-from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report
+from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report, call_begins
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
 
 log = logging.getLogger("s2s.worker")
 
 UNEXPECTED_ERROR = "Something went wrong while making the picture."
+WAIT_FOR_WORK_S = 1.0  # the longest an idle worker blocks on the waiting list (its pool reads allow for it)
 
 
 def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random = random._inst) -> int:
@@ -52,6 +55,8 @@ class Worker:
         self.started_at = time.time()
         self._running: dict[str, tuple[Claim, asyncio.Task]] = {}
         self._stop_reason: dict[str, str] = {}  # job id -> "lost" | "cancelled" | "shutdown"
+        self._calling: set[str] = set()  # jobs whose upstream call has begun: paid for, never handed back unfinished
+        self._store_full = False  # Redis past its high-water mark (s2s.store): claim nothing new
         self._slot_free = asyncio.Event()
         self._wake = asyncio.Event()
         self._draining = False
@@ -59,6 +64,7 @@ class Worker:
         self.failed = 0
         self.metrics = WorkerMetrics()  # counted in memory, added to the cluster's counters with the heartbeat
         self.cluster_metrics = ClusterMetrics(queue.redis, queue.keys)
+        self._started_field = metrics_field(UPSTREAM_STARTED, provider=provider.name)
 
     # ---- life cycle ------------------------------------------------------------------
     def run(self) -> None:
@@ -107,15 +113,23 @@ class Worker:
             log.info("worker stopped", extra={"worker": self.id, "completed": self.completed, "failed": self.failed})
 
     async def _finish_running(self) -> None:
-        tasks = [task for _, task in self._running.values()]
-        if not tasks:
-            return
-        done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_ms / 1000)
-        for job_id, (_, task) in list(self._running.items()):
-            if task in pending:
-                self._stop_reason[job_id] = "shutdown"
-                timeouts.cancel(task)
-        await asyncio.gather(*pending, return_exceptions=True)
+        """Hand back the jobs whose upstream call has not begun; finish those whose call has.
+
+        A call in flight ends by itself within S2S_UPSTREAM_TIMEOUT_MS; S2S_SHUTDOWN_GRACE_MS more is
+        left for storing its picture (through a Redis outage, say). Whatever is still running then is
+        handed back. Until ``_running`` is empty: a complete-and-claim in flight when the drain began
+        may still bring a job, which goes back too.
+        """
+        deadline = time.monotonic() + (self.settings.upstream_timeout_ms + self.settings.shutdown_grace_ms) / 1000
+        while self._running:
+            late = time.monotonic() >= deadline
+            for job_id, (_, task) in list(self._running.items()):
+                if (late or job_id not in self._calling) and job_id not in self._stop_reason:
+                    self._stop_reason[job_id] = "shutdown"
+                    timeouts.cancel(task)
+            tasks = [task for _, task in self._running.values()]
+            await asyncio.wait(tasks, timeout=max(0.0, min(1.0, deadline - time.monotonic())),
+                               return_when=asyncio.FIRST_COMPLETED)
 
     async def _leave(self) -> None:
         k = self.queue.keys
@@ -134,9 +148,15 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            if self._store_full:  # the heartbeat loop reads how full Redis is, once a second
+                await asyncio.sleep(1.0)
+                continue
             try:
                 batch = await self.queue.claim(self.id, free)
             except redis.exceptions.RedisError as exc:
+                if store.is_out_of_memory(exc):
+                    self._note_store(self.queue.memory.refused())
+                    continue
                 log.warning("cannot claim jobs; retrying", extra={"worker": self.id, "error": str(exc)})
                 await asyncio.sleep(1.0)
                 continue
@@ -151,7 +171,7 @@ class Worker:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            timeout = 1.0
+            timeout = WAIT_FOR_WORK_S
             if batch.next_delayed_ms is not None:
                 timeout = min(timeout, max(0.01, (batch.next_delayed_ms - batch.now_ms) / 1000))
             try:
@@ -167,6 +187,7 @@ class Worker:
     def _done(self, job_id: str) -> None:
         self._running.pop(job_id, None)
         self._stop_reason.pop(job_id, None)
+        self._calling.discard(job_id)
         self._slot_free.set()
 
     # ---- one job ---------------------------------------------------------------------
@@ -190,14 +211,20 @@ class Worker:
             if photo is None:
                 raise ProviderError("The uploaded photo is no longer available.", retryable=False,
                                     code="photo_missing")
+            theme, style = self.catalog.themes.get(claim.theme_id), self.catalog.styles.get(claim.style_key)
+            kind = self.catalog.kinds.get(claim.kind)
+            if theme is None or style is None or kind is None:
+                unknown = [repr(v) for v, found in ((claim.theme_id, theme), (claim.style_key, style),
+                                                    (claim.kind, kind)) if found is None]
+                raise ProviderError(f"This job names an unknown theme, style or kind ({', '.join(unknown)}).",
+                                    retryable=False, code="unknown_choice")
             request = GenerationRequest(
-                job_id=claim.job_id, hero_name=claim.hero_name, theme=self.catalog.themes[claim.theme_id],
-                style=self.catalog.styles[claim.style_key], kind=self.catalog.kinds[claim.kind],
+                job_id=claim.job_id, hero_name=claim.hero_name, theme=theme, style=style, kind=kind,
                 photo=photo, photo_content_type=claim.photo_type, attempt=claim.attempt)
-            image = await self._generate(request, report)
+            image = await self._generate(claim, request, report)
             await self.provider_health.succeeded()
             # take over our own slot: the next job is claimed in the same round trip
-            wanted = 0 if self._draining else 1
+            wanted = 0 if self._draining or self._store_full else 1
             ok, batch = await self._settle(claim, lambda: self.queue.complete_and_claim(
                 claim, image.data, image.content_type, self.provider.name, worker_id=self.id, count=wanted))
             for follower in batch.claims:
@@ -218,19 +245,25 @@ class Worker:
             else:  # cancelled by an operator, or lost: its lease was taken back
                 log.info("job stopped", extra={**ctx, "reason": reason})
         except ProviderError as exc:
-            await self.provider_health.failed(exc, self.id)
+            if exc.code != "unknown_choice":
+                await self.provider_health.failed(exc, self.id)
             await self._record_failure(claim, exc.message, exc.code, retryable=exc.retryable,
                                        retry_after=exc.retry_after, refund=exc.code == "rate_limited", ctx=ctx)
-        except KeyError as exc:
-            await self._record_failure(claim, f"This job names an unknown theme, style or kind ({exc}).",
-                                       "unknown_choice", retryable=False, ctx=ctx)
         except Exception:
             log.exception("job raised", extra=ctx)
             await self._record_failure(claim, UNEXPECTED_ERROR, "internal_error", retryable=True, ctx=ctx)
 
-    async def _generate(self, request: GenerationRequest, report: Report) -> GeneratedImage:
-        """The provider call, counted by outcome for /metrics."""
+    async def _generate(self, claim: Claim, request: GenerationRequest, report: Report) -> GeneratedImage:
+        """The provider call, counted as it begins (on the job, for /metrics) and by outcome (for /metrics)."""
         name = self.provider.name
+
+        def begins() -> None:
+            self._calling.add(claim.job_id)
+            self.queue.upstream_call(claim, self._started_field).add_done_callback(_quiet)
+
+        call_begins.set(begins)  # this task's own context: one job per task
+        if not getattr(self.provider, "announces_calls", False):
+            begins()
         try:
             image = await self.provider.generate(request, report)
         except ProviderError as exc:
@@ -299,16 +332,24 @@ class Worker:
         while not timeouts.cancel_requested():
             await asyncio.sleep(reap_every)
             try:
-                if time.monotonic() >= next_beat:
+                if time.monotonic() >= next_beat:  # after a Redis error next_beat is 0: renew before any reap
                     next_beat = time.monotonic() + interval
                     await self._heartbeat_once()
+                self._note_store(await self.queue.memory.fill(fresh=True))
                 reaped = await self.queue.reap()
                 if reaped:
                     log.info("took back jobs of a stopped worker", extra={"worker": self.id, "jobs": reaped})
                 # not cut short by a shutdown: half a send would be sent again by the last one
                 await asyncio.shield(self.cluster_metrics.send(self.metrics.counts))
             except redis.exceptions.RedisError as exc:
+                next_beat = 0
                 log.warning("heartbeat failed", extra={"worker": self.id, "error": str(exc)})
+
+    def _note_store(self, fill: store.Fill) -> None:
+        if fill.full != self._store_full:
+            log.warning("job store full; claims paused" if fill.full else "job store has room again; claims resume",
+                        extra={"worker": self.id, "used_bytes": fill.used, "max_bytes": fill.limit})
+        self._store_full = fill.full
 
     async def _control_loop(self) -> None:
         """Operator commands over pub/sub: cancel a job we run, wake up on resume."""
@@ -331,3 +372,9 @@ class Worker:
                 await asyncio.sleep(1.0)
             finally:
                 await pubsub.aclose()
+
+
+def _quiet(future: asyncio.Future) -> None:
+    """A fire-and-forget count: a lost one (Redis unreachable) must not log 'exception never retrieved'."""
+    if not future.cancelled():
+        future.exception()

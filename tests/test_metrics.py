@@ -137,7 +137,8 @@ def test_upstream_answers_are_counted_by_outcome_and_http_status(stack, openai_f
 
 def test_a_job_handed_back_at_shutdown_counts_as_released(stack):
     url = stack.api()
-    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=20000, S2S_SHUTDOWN_GRACE_MS=200)
+    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=20000, S2S_UPSTREAM_TIMEOUT_MS=1000,
+                          S2S_SHUTDOWN_GRACE_MS=200)
     job_id = submit(url)
     wait_until(lambda: stack.job(job_id).get("status") == "processing", what="the job to start")
     worker.send_signal(signal.SIGTERM)

@@ -91,5 +91,8 @@ def test_workers_scale_and_outlast_their_drain():
     worker = next(s for s in APPS if s["type"] == "worker")
     scaling = worker["scaling"]
     assert 1 <= scaling["minInstances"] <= scaling["maxInstances"] and 1 <= scaling["targetCPUPercent"] <= 90
-    grace_s = int(declared(worker)["S2S_SHUTDOWN_GRACE_MS"]["value"]) / 1000
-    assert grace_s < worker["maxShutdownDelaySeconds"] <= 300
+    # a draining worker finishes the upstream calls it has begun (each within the upstream timeout), then
+    # has the grace to store their pictures: Render must wait that long before it kills the instance
+    drain_s = (int(declared(worker)["S2S_UPSTREAM_TIMEOUT_MS"]["value"])
+               + int(declared(worker)["S2S_SHUTDOWN_GRACE_MS"]["value"])) / 1000
+    assert drain_s < worker["maxShutdownDelaySeconds"] <= 300

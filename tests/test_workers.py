@@ -115,9 +115,10 @@ def test_sigterm_lets_a_running_job_finish_then_exits(stack):
     assert not stack.redis.zrange(stack.keys.workers, 0, -1), "a drained worker leaves the registry"
 
 
-def test_sigterm_past_the_grace_period_hands_the_job_back_without_using_an_attempt(stack):
+def test_sigterm_past_the_upstream_timeout_and_grace_hands_the_job_back_without_using_an_attempt(stack):
     url = stack.api()
-    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=30000, S2S_SHUTDOWN_GRACE_MS=300)
+    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=30000, S2S_UPSTREAM_TIMEOUT_MS=1000,
+                          S2S_SHUTDOWN_GRACE_MS=300)
     job_id = submit(url)
     wait_status(url, job_id, "processing")
     worker.send_signal(signal.SIGTERM)

@@ -21,8 +21,6 @@ from s2s.settings import Settings
 
 log = logging.getLogger("s2s.ws")
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # as Queue.connect
-
 
 @frozen
 class LiveActors:
@@ -35,8 +33,7 @@ class LiveActors:
         """Start the actors; call on the loop thread with ``IOLoop.current()``."""
         registry = JobRegistry.start(io_loop)
         pinger = Pinger.start(io_loop, settings.ws_ping_interval_ms / 1000, settings.ws_ping_timeout_ms / 1000)
-        subscriber = Subscriber.start(settings.redis_url or DEFAULT_REDIS_URL, Keys(settings.key_prefix).events_channel,
-                                      registry)
+        subscriber = Subscriber.start(settings, Keys(settings.key_prefix).events_channel, registry)
         return cls(registry=registry, subscriber=subscriber, pinger=pinger)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -15,7 +15,9 @@ import threading
 import pykka
 import redis
 
+from s2s import connections
 from s2s.actors.registry import Publish, Resync
+from s2s.settings import Settings
 from s2s.web.frames import Event, parse_event
 
 log = logging.getLogger("s2s.ws")
@@ -27,9 +29,9 @@ BACKOFF_MAX_S = 5.0
 
 
 class Subscriber(pykka.ThreadingActor):
-    def __init__(self, redis_url: str, channel: str, registry: pykka.ActorRef):
+    def __init__(self, settings: Settings, channel: str, registry: pykka.ActorRef):
         super().__init__()
-        self.redis_url = redis_url
+        self.settings = settings
         self.channel = channel
         self.registry = registry
         self._stopping = threading.Event()
@@ -52,8 +54,7 @@ class Subscriber(pykka.ThreadingActor):
     def _listen_forever(self) -> None:
         backoff = BACKOFF_FIRST_S
         while not self._stopping.is_set():
-            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_keepalive=True,
-                                          health_check_interval=15)
+            client = connections.sync_client(self.settings)
             pubsub = client.pubsub()
             try:
                 pubsub.subscribe(self.channel)

@@ -8,6 +8,7 @@ bookkeeping, so a provider stays a thin client of its upstream.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Protocol
 
 from attrs import frozen
@@ -16,6 +17,18 @@ from s2s.catalog import Kind, Style, Theme
 
 #: ``await report(percent, message)``: percent 0-100, message for a person.
 Report = Callable[[int, str], Awaitable[None]]
+
+#: Set by the worker around one job's ``generate``: called when the paid upstream request itself
+#: begins (after any wait for a rate-limit slot). A draining worker waits for such calls and hands
+#: back jobs whose call had not begun. Providers that wait first say so with ``announces_calls``;
+#: for the others the call begins with ``generate``.
+call_begins: ContextVar[Callable[[], None] | None] = ContextVar("call_begins", default=None)
+
+
+def upstream_call_begins() -> None:
+    hook = call_begins.get()
+    if hook is not None:
+        hook()
 
 
 @frozen

@@ -8,7 +8,7 @@ job ends the wait. A 429 with Retry-After pauses every worker, not just this job
 
 from __future__ import annotations
 
-from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report
+from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report, upstream_call_begins
 from s2s.providers.failures import RATE_LIMITED
 from s2s.ratelimit import BUSY, PAUSED, RateLimiter
 
@@ -24,12 +24,14 @@ class RateLimitedProvider:
         self.inner = inner
         self.limiter = limiter
         self.name = inner.name
+        self.announces_calls = True  # the call begins once a slot is ours (upstream_call_begins)
 
     async def generate(self, request: GenerationRequest, report: Report) -> GeneratedImage:
         async def waiting(reason: str) -> None:
             await report(1, _WAITING.get(reason, _WAITING_DEFAULT))
 
         async with self.limiter.slot(on_wait=waiting):
+            upstream_call_begins()
             try:
                 return await self.inner.generate(request, report)
             except ProviderError as exc:

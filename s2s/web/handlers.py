@@ -18,7 +18,7 @@ import redis.exceptions
 import tornado.web
 from attrs import Factory, field, frozen
 
-from s2s import provider_state, uploads
+from s2s import provider_state, store, uploads
 from s2s.admission import Admission, Refusal, client_key
 from s2s.catalog import Catalog
 from s2s.models import JobStatus, status_path
@@ -105,7 +105,10 @@ class ApiHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if status_code == 405:
             self.set_header("Allow", self._allowed_methods())  # RFC 9110: a 405 says what is allowed
-        if isinstance(exc, redis.exceptions.RedisError):
+        if store.is_out_of_memory(exc):
+            self.set_header("Retry-After", str(store.STORAGE_FULL_RETRY_S))
+            self.fail(503, "storage_full", "The job store is full; try again in a little while.")
+        elif isinstance(exc, redis.exceptions.RedisError):
             self.fail(503, "redis_unavailable", "The job store is not reachable; try again shortly.")
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             self.fail(status_code, _STATUS_NAMES.get(status_code, "error"), exc.log_message % exc.args)
@@ -204,6 +207,9 @@ class GenerateImageHandler(ApiHandler):
                                                 max_pixels=settings.max_image_pixels))
         except InputError as exc:
             return self.fail(exc.status, exc.code, exc.message, exc.details)
+        fill = await self.ctx.queue.memory.fill()
+        if fill.full:  # past the high-water mark: the room left is for the jobs already running
+            return self.refuse(store.refusal(fill))
         token, refusal = await self.ctx.admission.take(self._client)  # atomic across API processes
         if refusal:
             return self.refuse(refusal)
@@ -214,6 +220,14 @@ class GenerateImageHandler(ApiHandler):
             return self.fail(409, "idempotency_key_reused",
                              "This Idempotency-Key was already used for a different request.",
                              {"jobId": exc.job_id})
+        except redis.exceptions.RedisError as exc:  # no job was made: the client keeps its submit
+            try:
+                await self.ctx.admission.give_back(self._client, token)
+            except redis.exceptions.RedisError:
+                pass  # unreachable: the token expires with its window
+            if store.is_out_of_memory(exc):
+                return self.refuse(store.refusal(self.ctx.queue.memory.refused()))
+            raise
         if not created:
             await self.ctx.admission.give_back(self._client, token)  # a replay of an accepted job is free
         if created:
@@ -290,8 +304,10 @@ class HealthHandler(ApiHandler):
         depth = await queue.redis.llen(queue.keys.waiting)
         oldest = await queue.oldest_waiting_age_ms()
         provider = await provider_state.read(queue.redis, queue.keys, self.ctx.settings.effective_provider)
+        fill = await queue.memory.fill(fresh=True)
         return {"redis": {"ok": True, "rttMs": round(rtt, 2)}, "workers": {"alive": len(workers), "absentMs": absent},
-                "queue": {"waiting": depth, "oldestWaitingAgeMs": oldest}, "provider": provider.to_json()}
+                "queue": {"waiting": depth, "oldestWaitingAgeMs": oldest}, "provider": provider.to_json(),
+                "store": fill.to_json()}
 
 
 class CatalogHandler(ApiHandler):

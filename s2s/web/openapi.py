@@ -265,8 +265,9 @@ def _paths(settings: Settings, catalog: Catalog) -> dict:
                     "rate_limited",
                     headers={"Retry-After": _retry_after(required=True)}),
                 "503": _error_response(
-                    "Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), or the "
-                    "job store is down (`redis_unavailable`).", "queue_full", "redis_unavailable",
+                    "Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), the job "
+                    "store is full (`storage_full`, with `Retry-After`; `S2S_STORE_HIGH_WATER_PERCENT`), or it is "
+                    "down (`redis_unavailable`).", "queue_full", "storage_full", "redis_unavailable",
                     headers={"Retry-After": _retry_after(required=False)}),
             },
         }},
@@ -500,6 +501,9 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
         "queue": {"type": "object", "required": ["waiting", "oldestWaitingAgeMs"], "properties": {
             "waiting": _COUNT, "oldestWaitingAgeMs": _nullable("integer", minimum=0)}},
         "provider": _ref("ProviderState"),
+        "store": {"type": "object", "required": ["state", "usedBytes", "maxBytes"], "properties": {
+            "state": {"enum": ["ok", "full"], "description": "full: submits get 503 storage_full, claims pause."},
+            "usedBytes": _COUNT, "maxBytes": _nullable("integer", minimum=1), "reason": {"type": "string"}}},
     }
     job_frame_types = ["job_progress", "job_completed", "job_failed", "job_cancelled"]
     return {
@@ -565,6 +569,8 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                 "retryAt": {**_TIME, "description": "A queued retry waits for its backoff until then."},
                 "attempts": {**_COUNT, "description": "Attempts started so far."},
                 "maxAttempts": {"type": "integer", "minimum": 1},
+                "upstreamCalls": {**_COUNT, "description": "Calls made to the image provider for this job (each "
+                                                          "one is paid for)."},
                 "heroName": {"type": "string"},
                 "themeId": {"type": "string"},
                 "styleKey": {"type": "string"},

@@ -1,0 +1,68 @@
+"""Redis connections with bounded waits: every pool s2s opens is made here.
+
+A Redis that stops answering with its connections still open (a frozen process, a
+failover, a partition) must cost a caller a bounded wait, never the minutes TCP
+takes to give up: connect and read timeouts (``S2S_REDIS_TIMEOUT_MS``), TCP
+keepalive, and redis-py's health check of a pooled connection that sat idle.
+A caller that blocks on purpose (BLMOVE) adds its block time to the read timeout.
+A refused or reset connection is retried once on a fresh one; a timeout is not
+retried, so the bound holds.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from s2s.settings import Settings
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+HEALTH_CHECK_S = 15  # a pooled connection idle this long is PINGed before use
+MAX_CONNECTIONS = 64
+
+
+def _keepalive() -> dict[int, int]:
+    """Probe an idle connection after 10 s, every 5 s, give up after 3 probes (Linux names; others: defaults)."""
+    options = {}
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            options[getattr(socket, name)] = value
+    return options
+
+
+def options(settings: Settings, blocking_s: float = 0.0) -> dict:
+    """Connection options; ``blocking_s``: the longest a caller blocks on purpose (BLMOVE), added to reads."""
+    timeout_s = settings.redis_timeout_ms / 1000
+    return {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s + blocking_s,
+            "socket_keepalive": True, "socket_keepalive_options": _keepalive(),
+            "health_check_interval": HEALTH_CHECK_S}
+
+
+def url_of(settings: Settings, url: str | None = None) -> str:
+    return url or settings.redis_url or DEFAULT_URL
+
+
+def async_client(settings: Settings, url: str | None = None, *, blocking_s: float = 0.0) -> aioredis.Redis:
+    """The process's pool (API, worker): bounded, waiting at most one timeout for a free connection.
+
+    RESP2: over RESP3 (redis-py 8's default) the pool skips its check of a pooled connection
+    before use (redis/redis-py#4252), so after a Redis restart each one failed a request.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url_of(settings, url), max_connections=MAX_CONNECTIONS, timeout=settings.redis_timeout_ms / 1000 + blocking_s,
+        protocol=2, retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        **options(settings, blocking_s))
+    return aioredis.Redis.from_pool(pool)
+
+
+def sync_client(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A thread's own client (the events subscriber)."""
+    return redis.Redis.from_url(url_of(settings, url), retry=Retry(NoBackoff(), 1,
+                                                                   supported_errors=(RedisConnectionError,)),
+                                **options(settings))
