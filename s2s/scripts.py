@@ -90,16 +90,19 @@ class Pipeliner:
                     fut.set_result(result)
 
     async def _run(self, commands: list[tuple]) -> list:
-        for first in (True, False):
-            pipe = self._redis.pipeline(transaction=False)
-            for args in commands:
-                pipe.execute_command(*args)
-            results = await pipe.execute(raise_on_error=False)
-            if first and any(isinstance(r, NoScriptError) for r in results):
-                await load_all(self._redis)  # Redis restarted and forgot the scripts
-                continue
-            return results
+        results = await self._pipeline(commands)
+        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if again:  # Redis restarted and forgot the scripts: run again only what it refused, never what ran
+            await load_all(self._redis)
+            for i, result in zip(again, await self._pipeline([commands[i] for i in again]), strict=True):
+                results[i] = result
         return results
+
+    async def _pipeline(self, commands: list[tuple]) -> list:
+        pipe = self._redis.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        return await pipe.execute(raise_on_error=False)
 
     async def drain(self) -> None:
         """Wait until every call made so far has its answer."""

@@ -80,8 +80,7 @@ class StoreMemory:
         return self._last
 
     def refused(self) -> Fill:
-        """Redis just refused a write for memory: full until the next reading says otherwise."""
+        """Redis just refused a write for memory: the last reading, marked full (not kept: the next
+        reading, or the next write, says whether it still is)."""
         last = self._last or Fill(0, 0, 0)
-        self._last = Fill(last.used, last.limit, last.high_water, refused=True)
-        self._read_at = time.monotonic()
-        return self._last
+        return Fill(last.used, last.limit, last.high_water, refused=True)

@@ -332,15 +332,20 @@ class Worker:
         while not timeouts.cancel_requested():
             await asyncio.sleep(reap_every)
             try:
+                self._note_store(await self.queue.memory.fill(fresh=True))
                 if time.monotonic() >= next_beat:  # after a Redis error next_beat is 0: renew before any reap
                     next_beat = time.monotonic() + interval
                     await self._heartbeat_once()
-                self._note_store(await self.queue.memory.fill(fresh=True))
                 reaped = await self.queue.reap()
                 if reaped:
                     log.info("took back jobs of a stopped worker", extra={"worker": self.id, "jobs": reaped})
                 # not cut short by a shutdown: half a send would be sent again by the last one
-                await asyncio.shield(self.cluster_metrics.send(self.metrics.counts))
+                try:
+                    await asyncio.shield(self.cluster_metrics.send(self.metrics.counts))
+                except redis.exceptions.RedisError as exc:
+                    if not store.is_out_of_memory(exc):
+                        raise
+                    # a full store refuses the counters' MULTI: they are kept and sent once it has room
             except redis.exceptions.RedisError as exc:
                 next_beat = 0
                 log.warning("heartbeat failed", extra={"worker": self.id, "error": str(exc)})
