@@ -56,7 +56,7 @@ WORKERS = [
 JOBS = {
     "active": [{"jobId": "RunningJob0001", "status": "processing", "progress": 60, "heroName": "Mia",
                 "message": "Generating image with AI...", "createdAt": iso(NOW - 14), "startedAt": iso(NOW - 9),
-                "attempts": 1, "maxAttempts": 3, "provider": "openai"}],
+                "attempts": 1, "maxAttempts": 3, "provider": "openai", "upstreamCalls": 1}],
     "waiting": [{"jobId": "WaitingJob0002", "status": "queued", "progress": 0, "heroName": "Leo",
                  "message": "Waiting in the queue", "createdAt": iso(NOW - 12), "attempts": 0, "maxAttempts": 3}],
     "failed": [{"jobId": "FailedJob00003", "status": "failed", "progress": 10, "heroName": "Ada", "message": "Starting",

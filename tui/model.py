@@ -145,6 +145,7 @@ class JobInfo:
     error: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+    upstream_calls: int = 0  # paid calls to the image provider
 
     @classmethod
     def from_json(cls, body: Mapping, state: str = "") -> JobInfo:
@@ -156,7 +157,8 @@ class JobInfo:
                    state=state or _state_of(status), hero_name=str(body.get("heroName") or ""),
                    provider=str(body.get("provider") or ""),
                    error=str(body.get("error") or body.get("lastError") or ""),
-                   started_at=parse_iso(body.get("startedAt")), ended_at=parse_iso(ended))
+                   started_at=parse_iso(body.get("startedAt")), ended_at=parse_iso(ended),
+                   upstream_calls=int(body.get("upstreamCalls") or 0))
 
     @property
     def retryable(self) -> bool:

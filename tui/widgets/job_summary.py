@@ -35,6 +35,9 @@ class JobSummary(Widget):
         grid.add_row("status", Text(job.status, style={"failed": "bold red", "completed": "green"}.get(job.status, "")))
         grid.add_row("tries", f"{job.attempts} of {job.max_attempts}")
         grid.add_row("provider", job.provider or "-")
+        # each one a paid picture: more than one for a completed job means it was bought again
+        grid.add_row("upstream calls", Text(str(job.upstream_calls),
+                                            style="bold yellow" if job.upstream_calls > 1 else ""))
         grid.add_row("created", _ago(now, job.created_at))
         grid.add_row("started", _ago(now, job.started_at))
         grid.add_row("ended", _ago(now, job.ended_at))
