@@ -250,3 +250,34 @@ def full_redis(rig: Rig) -> Outcome:
     outcome.notes["health_while_full"] = full_health
     outcome.notes["health"] = list(rig.health_seen)
     return outcome
+
+
+def black_hole_answer_times(rig: Rig) -> Outcome:
+    """Redis frozen with the API's connections open: how long a submit, health and a /ws subscribe wait."""
+    import asyncio
+
+    from tests.test_ws import ORIGIN, Client
+
+    url = rig.api()
+    job_id = accepted_ids(rig.submit(url, 1))[0]
+    times: dict[str, float] = {}
+
+    async def subscribe() -> None:
+        client = await Client.connect(url, origin=ORIGIN)
+        rig.freeze_redis()
+        started = time.monotonic()
+        await client.send(type="subscribe_to_job", jobId=job_id)
+        frame = await client.recv(timeout=30)
+        times["ws_unavailable_s"] = time.monotonic() - started
+        times["ws_code"] = frame.get("code")
+        client.ws.close()
+
+    asyncio.run(subscribe())
+    started = time.monotonic()
+    code, _, _ = http_json("GET", url + "/api/jobs/health", timeout=30)
+    times["health_s"], times["health_status"] = time.monotonic() - started, code
+    started = time.monotonic()
+    code, body = rig.submit(url, 1, timeout=30)[0]
+    times["submit_s"], times["submit_code"] = time.monotonic() - started, body.get("code")
+    rig.thaw_redis()
+    return Outcome(fault="Redis black-holed (SIGSTOP)", notes=times)
