@@ -109,7 +109,7 @@ def cmd_up(args) -> int:
                 break
             time.sleep(0.2)
     finally:
-        grace = settings.shutdown_grace_ms / 1000 + 10
+        grace = (settings.upstream_timeout_ms + settings.shutdown_grace_ms) / 1000 + 10  # a paid call finishes
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

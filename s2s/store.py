@@ -70,14 +70,19 @@ class StoreMemory:
         self.max_age_s = max_age_s
         self._last: Fill | None = None
         self._read_at = 0.0
+        self._hidden = False  # INFO refused (some managed Redis): never asked again
 
     async def fill(self, fresh: bool = False) -> Fill:
-        if fresh or self._last is None or time.monotonic() - self._read_at > self.max_age_s:
-            info = await self._redis.info("memory")
+        if not self._hidden and (fresh or self._last is None or time.monotonic() - self._read_at > self.max_age_s):
+            try:
+                info = await self._redis.info("memory")
+            except redis.exceptions.ResponseError:  # a managed Redis that hides INFO: only its own refusal counts
+                self._hidden, self._last = True, Fill(0, 0, 0)
+                return self._last
             used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
             self._last = Fill(used, limit, limit * self.percent // 100 if limit and self.percent else 0)
             self._read_at = time.monotonic()
-        return self._last
+        return self._last or Fill(0, 0, 0)
 
     def refused(self) -> Fill:
         """Redis just refused a write for memory: the last reading, marked full (not kept: the next

@@ -124,9 +124,9 @@ class Worker:
         while self._running:
             late = time.monotonic() >= deadline
             for job_id, (_, task) in list(self._running.items()):
-                if (late or job_id not in self._calling) and job_id not in self._stop_reason:
-                    self._stop_reason[job_id] = "shutdown"
-                    timeouts.cancel(task)
+                if late or (job_id not in self._calling and job_id not in self._stop_reason):
+                    self._stop_reason.setdefault(job_id, "shutdown")
+                    timeouts.cancel(task)  # again each second once late: Python 3.10 may swallow one
             tasks = [task for _, task in self._running.values()]
             await asyncio.wait(tasks, timeout=max(0.0, min(1.0, deadline - time.monotonic())),
                                return_when=asyncio.FIRST_COMPLETED)

@@ -27,6 +27,7 @@ from tests.helpers import Processes, child_env, data_url, http_json, photo_bytes
 
 KEYS = Keys("s2s")
 ENDED = ("completed", "failed", "cancelled")
+OPERATOR_TOKEN = "drill-operator-token"
 
 
 @define
@@ -210,14 +211,19 @@ def deploy(rig: Rig) -> Outcome:
 
 def killed_worker(rig: Rig) -> Outcome:
     """SIGKILL to a worker mid-call: the one fault where the picture is paid twice (its call is lost)."""
-    url = rig.api()
+    url = rig.api(S2S_ADMIN_TOKEN=OPERATOR_TOKEN)
     doomed = rig.worker(WORKER_CONCURRENCY=1)
     ids = accepted_ids(rig.submit(url, 1))
     rig.wait_running(1)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(10)
     rig.worker(WORKER_CONCURRENCY=1)
-    return rig.outcome("SIGKILL mid-call", url, ids)
+    outcome = rig.outcome("SIGKILL mid-call", url, ids)
+    auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    listed = json.loads(http_json("GET", url + "/api/jobs?state=completed", headers=auth)[2])["jobs"]
+    outcome.notes["operator_view_calls"] = [j["upstreamCalls"] for j in listed]
+    outcome.notes["metrics"] = http_json("GET", url + "/metrics", headers=auth)[2].decode()
+    return outcome
 
 
 def full_redis(rig: Rig) -> Outcome:

@@ -67,7 +67,8 @@ def post_job(url: str, tmp_path) -> str:
 
 def test_a_job_accepted_before_a_restart_of_s2s_up_completes_after_it(tmp_path, settings):
     port = free_port()
-    env = {"S2S_PROVIDER": "noop", "S2S_NOOP_DELAY_MS": "30000", "S2S_SHUTDOWN_GRACE_MS": "200"}
+    env = {"S2S_PROVIDER": "noop", "S2S_NOOP_DELAY_MS": "30000", "S2S_UPSTREAM_TIMEOUT_MS": "1000",
+           "S2S_SHUTDOWN_GRACE_MS": "200"}
     first = Up(tmp_path, port, settings, **env)
     try:
         job_id = post_job(first.url, tmp_path)

@@ -52,6 +52,12 @@ def test_a_worker_killed_mid_call_is_the_one_fault_that_pays_twice(tmp_path):
     assert (out.accepted, out.completed) == (1, 1)
     assert out.upstream_calls == 2 and out.job_calls == [2], "the killed worker's call counted as it began"
     assert out.attempts == [2]
+    assert out.notes["operator_view_calls"] == [2], "operator views show it"
+    # what an operator graphs: calls begun over completed jobs
+    metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in out.notes["metrics"].splitlines() if line and not line.startswith("#")}
+    assert metrics['s2s_upstream_calls_started_total{provider="openai"}'] == 2
+    assert metrics['s2s_jobs_total{outcome="completed"}'] == 1
 
 
 def test_a_full_redis_is_named_and_survived(tmp_path):
