@@ -128,8 +128,8 @@ class Worker:
                     self._stop_reason.setdefault(job_id, "shutdown")
                     timeouts.cancel(task)  # again each second once late: Python 3.10 may swallow one
             tasks = [task for _, task in self._running.values()]
-            await asyncio.wait(tasks, timeout=max(0.0, min(1.0, deadline - time.monotonic())),
-                               return_when=asyncio.FIRST_COMPLETED)
+            wait_s = 1.0 if late else max(0.0, min(1.0, deadline - time.monotonic()))  # once late: a second apart
+            await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
 
     async def _leave(self) -> None:
         k = self.queue.keys
