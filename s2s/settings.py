@@ -130,11 +130,13 @@ class Settings:
     retry_base_ms: int = _env("S2S_RETRY_BASE_MS", _int(0), 2000, "first retry delay; doubles per attempt, jittered")
     retry_max_ms: int = _env("S2S_RETRY_MAX_MS", _int(0), 60000, "longest retry delay")
     lease_ms: int = _env("S2S_LEASE_MS", _int(500), 15000,
-                         "a job whose worker stops renewing its lease this long is run again")
+                         "a job whose worker stops renewing its lease this long is suspected; it runs again "
+                         "lease/3 + 2 s later")
     retention_seconds: int = _env("S2S_RETENTION_SECONDS", _int(1), 86400,
                                   "how long ended jobs and their images are kept")
     shutdown_grace_ms: int = _env("S2S_SHUTDOWN_GRACE_MS", _int(0), 20000,
-                                  "on SIGTERM, how long running jobs may finish before going back to the queue")
+                                  "on SIGTERM, time past S2S_UPSTREAM_TIMEOUT_MS to store the pictures of calls begun, "
+                                  "before what is left goes back to the queue")
     noop_delay_ms: int = _env("S2S_NOOP_DELAY_MS", _int(0), 0, "how long the noop provider pretends to work")
     noop_fail_attempts: int = _env("S2S_NOOP_FAIL_ATTEMPTS", _int(0), 0,
                                    "the noop provider fails each job's first N attempts (fault drills)")
