@@ -249,9 +249,11 @@ def full_redis(rig: Rig) -> Outcome:
                    what="a running job to end while the store is full")
     # finishing a job claims the next in the same script, unless the worker knows the store is full
     waiting_status = rig.status(url, waiting)["status"]
+    metrics_code = http_json("GET", url + "/metrics")[0]
     full_health = [h for _, h in rig.health_seen if h.get("store", {}).get("state") == "full"]
     rig.redis.config_set("maxmemory", 0)  # the operator gives it room
-    outcome = rig.outcome("Redis at maxmemory", url, ids, refused=refused, waiting_while_full=waiting_status)
+    outcome = rig.outcome("Redis at maxmemory", url, ids, refused=refused, waiting_while_full=waiting_status,
+                          metrics_while_full=metrics_code)
     rig._watching = False
     outcome.notes["health_while_full"] = full_health
     outcome.notes["health"] = list(rig.health_seen)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -75,6 +76,32 @@ def test_a_full_redis_is_named_and_survived(tmp_path):
         assert body["status"] == "ok" and body["workers"]["alive"] >= 1, body
         assert "full" in body["store"]["reason"]
     assert not [h for code, h in out.notes["health"] if code != 200], "no 'no worker alive', no 503"
+    assert out.notes["metrics_while_full"] == 200, "an operator can still graph it"
+
+
+def test_an_expired_lease_is_taken_back_only_on_a_second_look(settings, redis_client):
+    """The reaper's first pass only suspects an expired lease; one renewal in between clears it."""
+
+    async def run() -> list:
+        queue = Queue.connect(settings)
+        await _enqueue(queue, 1)
+        [claim] = (await queue.claim("worker-a", 1)).claims
+        seen = []
+        await wait_for(lambda: queue.redis.zscore(queue.keys.active, claim.job_id), lambda deadline: deadline
+                       < queue_now(redis_client))
+        seen.append(await queue.reap())  # expired, first look: suspected only
+        assert await queue.heartbeat("worker-a", {}, [claim]) == []  # its worker is alive after all
+        await wait_for(lambda: queue.redis.zscore(queue.keys.active, claim.job_id), lambda deadline: deadline
+                       < queue_now(redis_client))
+        seen.append(await queue.reap())  # expired again: a fresh suspicion, not the old one
+        started = time.monotonic()
+        while not (taken := await queue.reap()):
+            await asyncio.sleep(0.05)
+        seen.append((taken, time.monotonic() - started >= queue.reap_confirm_ms() / 1000 * 0.9))
+        await queue.close()
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(run(), 30)) == [0, 0, (1, True)]
 
 
 # ---- bounded waits ------------------------------------------------------------------------------
@@ -130,6 +157,19 @@ class _Provider:
 
     async def close(self) -> None:
         pass
+
+
+def queue_now(r) -> int:
+    seconds, micros = r.time()
+    return seconds * 1000 + micros // 1000
+
+
+async def wait_for(read, done, timeout: float = 10.0) -> None:
+    """Poll ``await read()`` until ``done(value)``, within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not done(await read()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 async def _enqueue(queue: Queue, n: int) -> list[str]:

@@ -18,6 +18,7 @@ import socket
 import redis.exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from s2s import store
 from s2s.metrics import ClusterMetrics, Counts, ProcessGauges, Snapshot
 from s2s.queue import Queue
 from s2s.timeouts import within
@@ -101,5 +102,9 @@ class MetricsHandler(ApiHandler):
 
     async def _read(self) -> Snapshot:
         if self.process is not None:
-            await self.process.report()  # this process's own numbers are current, not up to REPORT_EVERY_S old
+            try:
+                await self.process.report()  # this process's own numbers are current, not up to REPORT_EVERY_S old
+            except redis.exceptions.RedisError as exc:
+                if not store.is_out_of_memory(exc):
+                    raise  # a full store refuses the report, not the scrape: the last report stands
         return await Snapshot.read(self.ctx.queue, self.cluster)
