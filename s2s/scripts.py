@@ -93,8 +93,12 @@ class Pipeliner:
         results = await self._pipeline(commands)
         again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if again:  # Redis restarted and forgot the scripts: run again only what it refused, never what ran
-            await load_all(self._redis)
-            for i, result in zip(again, await self._pipeline([commands[i] for i in again]), strict=True):
+            try:
+                await load_all(self._redis)
+                retried = await self._pipeline([commands[i] for i in again])
+            except Exception as exc:  # only the refused calls hear of it: the others have their answers
+                retried = [exc] * len(again)
+            for i, result in zip(again, retried, strict=True):
                 results[i] = result
         return results
 
