@@ -17,48 +17,54 @@ for _, key in ipairs({KEYS[3], KEYS[5], KEYS[6]}) do  -- writes that shrink memo
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl)
 end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
+
+-- Whether the job's expired lease was already suspected by a pass at least `confirm` ms ago, in the
+-- same attempt (fence); if not, it is suspected now.
+local function confirmed(job_key)
+  local fence = redis.call('HGET', job_key, 'fence') or ''
+  local mark = redis.call('HGET', job_key, 'stalled')
+  if mark then
+    local sep = string.find(mark, ':', 1, true)
+    if string.sub(mark, 1, sep - 1) == fence then
+      return now - tonumber(string.sub(mark, sep + 1)) >= confirm
+    end
+  end
+  if redis.call('EXISTS', job_key) == 0 then return true end  -- the record is gone: nothing to wait for
+  redis.call('HSET', job_key, 'stalled', fence .. ':' .. now)
+  return false
+end
+
 local taken = 0
 for _, id in ipairs(expired) do
   local job_key = ARGV[1] .. id
   local events_key = job_key .. ARGV[2]
-  local fence = redis.call('HGET', job_key, 'fence') or ''
-  local mark = redis.call('HGET', job_key, 'stalled')
-  local since = nil
-  if mark then
-    local sep = string.find(mark, ':', 1, true)
-    if string.sub(mark, 1, sep - 1) == fence then since = tonumber(string.sub(mark, sep + 1)) end
-  end
-  if since == nil and redis.call('EXISTS', job_key) == 1 then
-    redis.call('HSET', job_key, 'stalled', fence .. ':' .. now)  -- first pass: suspected
-  elseif since ~= nil and now - since < confirm then
-    -- suspected, not yet confirmed
-  else
-  taken = taken + 1
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', job_key, 'stalled')
-  local attempts = tonumber(redis.call('HGET', job_key, 'attempts') or '0')
-  local max_attempts = tonumber(redis.call('HGET', job_key, 'maxAttempts') or '1')
-  if redis.call('EXISTS', job_key) == 0 then
-    -- the record is gone (deleted by hand): nothing left to run
-  elseif attempts >= max_attempts then
-    redis.call('HINCRBY', job_key, 'fence', 1)
-    local err = 'The picture could not be made: the worker making it stopped responding.'
-    redis.call('HSET', job_key, 'status', 'failed', 'message', 'Failed', 'failedAt', now,
-               'error', err, 'errorCode', 'worker_lost')
-    redis.call('ZADD', KEYS[3], now, id)
-    redis.call('HINCRBY', KEYS[4], 'failed', 1)
-    emit(job_key, events_key, ARGV[4], {type = 'job_failed', jobId = id, status = 'failed', error = err,
-         code = 'worker_lost'}, ttl, tonumber(ARGV[6]))
-    retain(job_key, ttl, job_key .. ARGV[3], events_key)
-  else
-    redis.call('HINCRBY', job_key, 'fence', 1)
-    local message = 'Waiting in the queue'
-    redis.call('HSET', job_key, 'status', 'queued', 'progress', 0, 'message', message)
-    redis.call('RPUSH', KEYS[2], id)
-    redis.call('HINCRBY', KEYS[4], 'requeued', 1)
-    emit(job_key, events_key, ARGV[4], {type = 'job_progress', jobId = id, status = 'queued', progress = 0,
-         message = message}, ttl, tonumber(ARGV[6]))
-  end
+  if confirmed(job_key) then
+    taken = taken + 1
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', job_key, 'stalled')
+    local attempts = tonumber(redis.call('HGET', job_key, 'attempts') or '0')
+    local max_attempts = tonumber(redis.call('HGET', job_key, 'maxAttempts') or '1')
+    if redis.call('EXISTS', job_key) == 0 then
+      -- the record is gone (deleted by hand): nothing left to run
+    elseif attempts >= max_attempts then
+      redis.call('HINCRBY', job_key, 'fence', 1)
+      local err = 'The picture could not be made: the worker making it stopped responding.'
+      redis.call('HSET', job_key, 'status', 'failed', 'message', 'Failed', 'failedAt', now,
+                 'error', err, 'errorCode', 'worker_lost')
+      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('HINCRBY', KEYS[4], 'failed', 1)
+      emit(job_key, events_key, ARGV[4], {type = 'job_failed', jobId = id, status = 'failed', error = err,
+           code = 'worker_lost'}, ttl, tonumber(ARGV[6]))
+      retain(job_key, ttl, job_key .. ARGV[3], events_key)
+    else
+      redis.call('HINCRBY', job_key, 'fence', 1)
+      local message = 'Waiting in the queue'
+      redis.call('HSET', job_key, 'status', 'queued', 'progress', 0, 'message', message)
+      redis.call('RPUSH', KEYS[2], id)
+      redis.call('HINCRBY', KEYS[4], 'requeued', 1)
+      emit(job_key, events_key, ARGV[4], {type = 'job_progress', jobId = id, status = 'queued', progress = 0,
+           message = message}, ttl, tonumber(ARGV[6]))
+    end
   end
 end
 return taken
