@@ -26,11 +26,16 @@ from s2s.queue import IdempotencyConflict, Queue
 from s2s.settings import Settings
 from s2s.timeouts import within
 from s2s.uploads import InputError
+from s2s.web.describe import JSON, NO_STORE, answer, describe, error, operation, ref, retry_after
 
 log = logging.getLogger("s2s.api")
 
 JOB_ID = r"(?P<job_id>[A-Za-z0-9_-]{1,64})"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# A 1x1 PNG: the example submission of the description is a real one (the API accepts it).
+EXAMPLE_SUBMISSION = {"heroName": "Mia", "themeId": "space", "styleKey": "cartoon", "kind": "cover",
+                      "originalImageBase64": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAAD"
+                                             "ElEQVR4nGP4dSIAAATSAhOnfE5zAAAAAElFTkSuQmCC"}
 _STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                  429: "rate_limited", 500: "internal_error", 503: "unavailable"}
@@ -142,6 +147,37 @@ class ApiHandler(tornado.web.RequestHandler):
         return True
 
 
+@describe("/api/jobs/generate-image", post=lambda settings, catalog: operation(
+    "submitJob", "jobs", "Submit a photo to be drawn as a storybook cover or page",
+    description="Validated entirely before anything is queued: the photo is decoded in full. Answers 202 at once; the "
+    f"picture is made by a worker. Requests over {settings.max_body_bytes} bytes are refused with 413 from their "
+    "`Content-Length`, before the body is read.",
+    parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
+                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
+                 "description": "A retried POST with the same key and body answers the same job (and counts once "
+                                "against the rate limit); the same key with another body is a 409."}],
+    requestBody={"required": True, "content": {JSON: {"schema": ref("Submission"), "example": EXAMPLE_SUBMISSION}}},
+    responses={
+        202: answer("Accepted", "Queued (or, with a reused Idempotency-Key, already queued).",
+                    headers={"Location": {"$ref": "#/components/headers/Location"}},
+                    links={name: {"operationId": op, "parameters": {"jobId": "$response.body#/jobId"}} for name, op
+                           in (("status", "getJobStatus"), ("image", "getJobImage"), ("cancel", "cancelJob"))}),
+        400: error("A field breaks a rule; `details.field` names it and `details.reason` says why.", "invalid_json",
+                   "missing_field", "invalid_field", "invalid_base64", "unsupported_image_type", "invalid_image",
+                   "image_type_mismatch", "image_too_many_pixels", "unknown_themeId", "unknown_styleKey",
+                   "unknown_kind", "invalid_idempotency_key"),
+        409: error("This Idempotency-Key was used for a different body; `details.jobId` is the job it made.",
+                   "idempotency_key_reused"),
+        413: error(f"The request is over {settings.max_body_bytes} bytes (`request_too_large`), or the decoded photo "
+                   f"over {settings.max_image_bytes} bytes (`image_too_large`); `details.maxBytes` says the limit.",
+                   "request_too_large", "image_too_large"),
+        415: error("The body is not sent as `Content-Type: application/json`.", "unsupported_media_type"),
+        429: error(f"This client (IP address, or IPv6 /64) submitted {settings.submit_per_minute or 'its limit of'} "
+                   "jobs in the last minute (`S2S_SUBMIT_PER_MINUTE`); `Retry-After` says when the next is taken.",
+                   "rate_limited", headers=retry_after(required=True)),
+        503: error("Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), or the job store "
+                   "is down (`redis_unavailable`).", "queue_full", "redis_unavailable",
+                   headers=retry_after(required=False))}))
 @tornado.web.stream_request_body
 class GenerateImageHandler(ApiHandler):
     """POST /api/jobs/generate-image: validate, store, queue; 202 with where to look."""
@@ -224,6 +260,9 @@ class GenerateImageHandler(ApiHandler):
                      "statusUrl": status_path(job_id), "websocketSubscription": f"job:{job_id}"}, 202)
 
 
+@describe("/api/jobs/{jobId}/status", get=operation(
+    "getJobStatus", "jobs", "A job's status, progress and, once completed, where its picture is",
+    {200: answer("Job", "The job.", headers=NO_STORE), 404: "JobNotFound", 503: "RedisUnavailable"}))
 class JobStatusHandler(ApiHandler):
     async def get(self, job_id: str) -> None:
         job = await self.ctx.queue.get(job_id)
@@ -233,6 +272,18 @@ class JobStatusHandler(ApiHandler):
         self.answer(job.to_json(self.base_url()))
 
 
+@describe("/api/jobs/{jobId}/image", get=lambda settings, catalog: operation(
+    "getJobImage", "jobs", "The picture of a completed job (what `result.imageUrl` points to)",
+    description=f"Kept for S2S_RETENTION_SECONDS ({settings.retention_seconds} s) after the job ended.",
+    responses={
+        200: {"description": "The image bytes with their type: PNG from the built-in providers; an upstream "
+                             "provider may answer JPEG or WebP.",
+              "headers": {"Content-Disposition": {"required": True, "schema": {"type": "string",
+                                                                               "pattern": "^inline; filename="}},
+                          "Cache-Control": {"required": True, "schema": {"type": "string"}}},
+              "content": {t: {} for t in ("image/png", "image/jpeg", "image/webp", "image/*")}},
+        404: error("No image: unknown job, a job that did not complete, or expired.", "image_not_found", "not_found"),
+        409: error("The job has not ended yet.", "job_not_finished"), 503: "RedisUnavailable"}))
 class JobImageHandler(ApiHandler):
     """GET behind ``result.imageUrl``: the image bytes with their Content-Type."""
 
@@ -250,12 +301,21 @@ class JobImageHandler(ApiHandler):
         self.finish(data)
 
 
+@describe("/api/jobs/stats", get=operation(
+    "getStats", "queue", "How many jobs are in each state, run times, and whether the queue is paused",
+    {200: answer("Stats", "The figures, read at one instant.", headers=NO_STORE), 503: "RedisUnavailable"}))
 class StatsHandler(ApiHandler):
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.answer(await self.ctx.queue.snapshot())
 
 
+@describe("/api/jobs/health", get=operation(
+    "getHealth", "queue", "Whether this API can serve: Redis round trip, live workers, queue depth, provider",
+    description="A provider flagged `misconfigured` (its key refused) still answers 200: that is the operator's to "
+                "fix, not a reason for a load balancer to pull the API.",
+    responses={200: answer("Health", "Healthy.", headers=NO_STORE),
+               503: answer("Unhealthy", "Not able to serve; `reason` says why.")}))
 class HealthHandler(ApiHandler):
     """Redis round trip, live workers, queue depth and the provider's state, within one second.
 
@@ -294,6 +354,9 @@ class HealthHandler(ApiHandler):
                 "queue": {"waiting": depth, "oldestWaitingAgeMs": oldest}, "provider": provider.to_json()}
 
 
+@describe("/api/catalog", get=lambda settings, catalog: operation(
+    "getCatalog", "jobs", "The themes, styles and kinds a submission may choose",
+    {200: answer("Catalog", "The choices, with the defaults.", example=catalog.to_json())}))
 class CatalogHandler(ApiHandler):
     """GET /api/catalog: the themes, styles and kinds a client may choose."""
 
@@ -302,6 +365,10 @@ class CatalogHandler(ApiHandler):
         self.answer(self.ctx.catalog.to_json())
 
 
+@describe("/api/jobs/{jobId}/cancel", post=operation(
+    "cancelJob", "operator", "Cancel a job: a queued one never runs; a running one is stopped",
+    {200: answer("Job", "The job, now cancelled."), 404: "JobNotFound",
+     409: error("The job already ended.", "job_already_ended"), 503: "RedisUnavailable"}))
 class CancelHandler(ApiHandler):
     async def post(self, job_id: str) -> None:
         if not self.require_operator():
@@ -315,6 +382,11 @@ class CancelHandler(ApiHandler):
         self.answer((await self.ctx.queue.get(job_id)).to_json(self.base_url()))
 
 
+@describe("/api/jobs/{jobId}/retry", post=operation(
+    "retryJob", "operator", "Queue a failed or cancelled job again",
+    {202: answer("Job", "The job, queued again."), 404: "JobNotFound", 503: "RedisUnavailable",
+     409: error("Only failed or cancelled jobs can be retried (`job_not_retryable`), and only while their photo is "
+                "kept (`photo_expired`).", "job_not_retryable", "photo_expired")}))
 class RetryHandler(ApiHandler):
     async def post(self, job_id: str) -> None:
         if not self.require_operator():
@@ -332,6 +404,9 @@ class RetryHandler(ApiHandler):
         self.answer((await self.ctx.queue.get(job_id)).to_json(self.base_url()), 202)
 
 
+@describe("/api/queue/pause", post=operation(
+    "pauseQueue", "operator", "Workers stop taking jobs; submissions are still accepted",
+    {200: answer("QueueCounts", "The queue, now paused."), 503: "RedisUnavailable"}))
 class PauseHandler(ApiHandler):
     async def post(self) -> None:
         if self.require_operator():
@@ -340,6 +415,9 @@ class PauseHandler(ApiHandler):
             self.answer((await self.ctx.queue.stats()).to_json())
 
 
+@describe("/api/queue/resume", post=operation(
+    "resumeQueue", "operator", "Workers take jobs again",
+    {200: answer("QueueCounts", "The queue, running."), 503: "RedisUnavailable"}))
 class ResumeHandler(ApiHandler):
     async def post(self) -> None:
         if self.require_operator():
