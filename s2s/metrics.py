@@ -178,8 +178,8 @@ class Snapshot:
     @classmethod
     async def read(cls, queue: Queue, cluster: ClusterMetrics) -> Snapshot:
         stats = await queue.stats()
-        oldest = await queue.oldest_waiting_age_ms()
-        workers = await queue.workers()
+        oldest = await queue.overview.oldest_waiting_age_ms()
+        workers = await queue.fleet.workers()
         counters, processes = await cluster.read()
         return cls(stats=stats, oldest_waiting_ms=oldest, workers_alive=len(workers), counters=counters,
                    processes=processes)

@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from s2s.embedded import free_port
+from s2s.models import StatsSnapshot
 from tui.client import ApiClient, ApiError, Backoff, ConnectionState, ConnectionStatus, Unauthorised, Unreachable
 from tui.model import (
     JobEvent,
     JobInfo,
-    QueueStats,
     Throughput,
     ThroughputView,
     WorkerInfo,
@@ -56,7 +56,7 @@ def test_api_times_parse_with_their_z():
 
 # ---- API bodies ------------------------------------------------------------------------------------
 def test_stats_body_with_an_empty_queue():
-    stats = QueueStats.from_json({"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0,
+    stats = StatsSnapshot.from_json({"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0,
                                   "cancelled": 0, "paused": True, "totals": {}, "oldestWaitingAgeMs": None,
                                   "durationMs": {"p50": None, "p95": None, "sample": 0}})
     assert stats.paused and stats.p50_ms is None and stats.oldest_waiting_age_ms is None and stats.totals == {}

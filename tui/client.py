@@ -16,7 +16,8 @@ from typing import Protocol
 import aiohttp
 from attrs import evolve, frozen
 
-from tui.model import JOB_STATES, JobDetail, JobEvent, JobInfo, QueueStats, WorkerInfo, merge_job_lists
+from s2s.models import StatsSnapshot
+from tui.model import JOB_STATES, JobDetail, JobEvent, JobInfo, WorkerInfo, merge_job_lists
 
 
 class ApiError(Exception):
@@ -42,7 +43,7 @@ class ConsoleSource(Protocol):
 
     url: str
 
-    async def stats(self) -> QueueStats: ...
+    async def stats(self) -> StatsSnapshot: ...
     async def workers(self, now: float) -> tuple[WorkerInfo, ...]: ...
     async def jobs(self, limit: int) -> tuple[JobInfo, ...]: ...
     async def job_detail(self, job_id: str) -> JobDetail: ...
@@ -99,8 +100,8 @@ class ApiClient:
         return body
 
     # ---- reading ---------------------------------------------------------------------------
-    async def stats(self) -> QueueStats:
-        return _parse(QueueStats.from_json, await self.request("GET", "/api/jobs/stats"))
+    async def stats(self) -> StatsSnapshot:
+        return _parse(StatsSnapshot.from_json, await self.request("GET", "/api/jobs/stats"))
 
     async def workers(self, now: float) -> tuple[WorkerInfo, ...]:
         body = await self.request("GET", "/api/workers")
