@@ -22,7 +22,8 @@ import redis.exceptions
 
 from s2s import timeouts
 from s2s.catalog import Catalog
-from s2s.metrics import ClusterMetrics, WorkerMetrics
+from s2s.metrics.counters import WorkerMetrics
+from s2s.metrics.store import ClusterMetrics
 from s2s.provider_state import ProviderHealth
 from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report
 from s2s.queue import Claim, Queue
