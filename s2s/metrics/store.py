@@ -16,6 +16,7 @@ from attrs import frozen
 
 from s2s.keys import Keys
 from s2s.metrics.counters import Counts
+from s2s.replies import text
 
 
 @frozen
@@ -70,7 +71,7 @@ class ClusterMetrics:
         for key, value in raw.items():
             name, labels = json.loads(key)
             counters[(name, tuple(sorted(labels.items())))] = float(value)
-        ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        ids = sorted(text(m) for m in members)
         processes = []
         if ids:
             reports = await self.redis.mget([k.metrics_process(i) for i in ids])
