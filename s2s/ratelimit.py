@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from s2s import scripts
+from s2s.backoff import equal_jitter
 from s2s.keys import Keys
 from s2s.replies import text
 from s2s.timeouts import cancel, cancel_requested
@@ -95,7 +95,7 @@ class RateLimiter:
                 await on_wait(reason)
             # a slot may free at any moment: poll; a window or a pause ends at a known time
             ceiling = self.poll_ms if reason == BUSY else min(wait_ms, 5_000)
-            await asyncio.sleep(ceiling * random.uniform(0.5, 1.0) / 1000)
+            await asyncio.sleep(equal_jitter(ceiling) / 1000)
 
     async def try_acquire(self, token: str) -> tuple[int, str]:
         """One attempt: (0, "ok") and the token recorded, or (ms to wait at most, reason)."""

@@ -25,10 +25,11 @@ from syrupy.extensions.image import SVGImageSnapshotExtension
 from textual.pilot import Pilot
 from textual.widget import Widget
 
+from s2s.backoff import Backoff
 from s2s.models import StatsSnapshot
 from tests.helpers import child_env, data_url, http_json, photo_bytes
 from tui.app import ConsoleApp, parse_args
-from tui.client import ApiClient, ApiError, Backoff, ConnectionState, Unauthorised, Unreachable
+from tui.client import ApiClient, ApiError, ConnectionState, Unauthorised, Unreachable
 from tui.model import JobDetail, JobEvent, JobInfo, Throughput, WorkerInfo, merge_job_lists
 from tui.screens import ConfirmScreen, HelpScreen, JobDetailScreen
 from tui.widgets import ActionLine, ConnectionBar, JobsTable, QueuePanel, WorkersTable

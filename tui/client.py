@@ -16,6 +16,7 @@ from typing import Protocol
 import aiohttp
 from attrs import evolve, frozen
 
+from s2s.backoff import Backoff
 from s2s.models import StatsSnapshot
 from tui.model import JOB_STATES, JobDetail, JobEvent, JobInfo, WorkerInfo, merge_job_lists
 
@@ -180,16 +181,9 @@ class ConnectionState(str, enum.Enum):
     UNAUTHORISED = "unauthorised"
 
 
-@frozen
-class Backoff:
-    """How long to wait before the next try after ``failures`` failed refreshes in a row."""
-
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 8.0
-
-    def delay(self, failures: int) -> float:
-        return min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
+#: How long to wait before the next try after failed refreshes in a row (no jitter: one console,
+#: and the connection bar shows the wait).
+RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=8.0)
 
 
 @frozen
