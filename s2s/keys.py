@@ -105,7 +105,7 @@ class Keys:
         """STRING (JSON reason, with a TTL) present while the provider refuses our credentials."""
         return f"{self.prefix}:provider:{provider}:state"
 
-    # --- metrics (s2s/metrics.py) ---
+    # --- metrics (s2s/metrics/store.py) ---
     @property
     def metrics_counters(self) -> str:
         """HASH of cluster-wide counters (field: JSON [sample name, labels]) every process adds its increments to."""

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
@@ -21,8 +20,10 @@ import time
 import redis.exceptions
 
 from s2s import timeouts
+from s2s.backoff import Backoff
 from s2s.catalog import Catalog
-from s2s.metrics import ClusterMetrics, WorkerMetrics
+from s2s.metrics.counters import WorkerMetrics
+from s2s.metrics.store import ClusterMetrics
 from s2s.provider_state import ProviderHealth
 from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report
 from s2s.queue import Claim, Queue
@@ -31,12 +32,7 @@ from s2s.settings import Settings
 log = logging.getLogger("s2s.worker")
 
 UNEXPECTED_ERROR = "Something went wrong while making the picture."
-
-
-def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random = random._inst) -> int:
-    """Exponential backoff with equal jitter: half fixed, half random, capped."""
-    ceiling = min(max_ms, base_ms * (2 ** max(0, attempt - 1)))
-    return int(ceiling / 2 + rng.random() * ceiling / 2)
+SETTLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)  # s, between tries to reach Redis with a job's last write
 
 
 class Worker:
@@ -249,20 +245,20 @@ class Worker:
         heartbeat renews it once Redis is back); if the reaper took it back first, the fencing token
         refuses the late write and the job runs again. Bounded at shutdown by the grace period.
         """
-        delay = 0.25
+        failures = 0
         while True:
             try:
                 return await write()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                log.log(logging.WARNING if delay == 0.25 else logging.DEBUG, "cannot reach Redis to settle a job; "
+                failures += 1
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG, "cannot reach Redis to settle a job; "
                         "retrying", extra={"job": claim.job_id, "worker": self.id, "error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(SETTLE_BACKOFF.delay(failures))
 
     async def _record_failure(self, claim: Claim, message: str, code: str, *, retryable: bool,
                               retry_after: float | None = None, refund: bool = False, ctx: dict) -> None:
-        delay = int(retry_after * 1000) if retry_after else backoff_ms(
-            claim.attempt, self.settings.retry_base_ms, self.settings.retry_max_ms)
+        delay = int(retry_after * 1000) if retry_after else int(Backoff(
+            self.settings.retry_base_ms, self.settings.retry_max_ms, jitter=True).delay(claim.attempt))
         outcome = await self._settle(claim, lambda: self.queue.fail(claim, message, code, retryable=retryable,
                                                                     delay_ms=delay, refund=refund))
         if outcome == 3:

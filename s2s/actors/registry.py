@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 import pykka
 from tornado.ioloop import IOLoop
 
-from s2s.metrics import EVENTS_DELIVERED_FIELD, Counts
+from s2s.metrics.counters import EVENTS_DELIVERED_FIELD, Counts
 from s2s.web.frames import Event, event_text, wire
 
 log = logging.getLogger("s2s.ws")

@@ -307,7 +307,7 @@ class JobImageHandler(ApiHandler):
 class StatsHandler(ApiHandler):
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.answer(await self.ctx.queue.snapshot())
+        self.answer(await self.ctx.queue.overview.snapshot())
 
 
 @describe("/api/jobs/health", get=operation(
@@ -320,7 +320,7 @@ class HealthHandler(ApiHandler):
     """Redis round trip, live workers, queue depth and the provider's state, within one second.
 
     503 when Redis does not answer, and when no worker has been alive for S2S_WORKER_ABSENT_MS
-    (see :meth:`Queue.worker_absence_ms`): jobs would be accepted that nothing runs.
+    (see :meth:`s2s.fleet.Fleet.absence_ms`): jobs would be accepted that nothing runs.
     """
 
     async def get(self) -> None:
@@ -345,10 +345,10 @@ class HealthHandler(ApiHandler):
         started = time.perf_counter()
         await queue.redis.ping()
         rtt = (time.perf_counter() - started) * 1000
-        workers = await queue.workers()
-        absent = await queue.worker_absence_ms(alive=bool(workers))
+        workers = await queue.fleet.workers()
+        absent = await queue.fleet.absence_ms(alive=bool(workers))
         depth = await queue.redis.llen(queue.keys.waiting)
-        oldest = await queue.oldest_waiting_age_ms()
+        oldest = await queue.overview.oldest_waiting_age_ms()
         provider = await provider_state.read(queue.redis, queue.keys, self.ctx.settings.effective_provider)
         return {"redis": {"ok": True, "rttMs": round(rtt, 2)}, "workers": {"alive": len(workers), "absentMs": absent},
                 "queue": {"waiting": depth, "oldestWaitingAgeMs": oldest}, "provider": provider.to_json()}

@@ -18,7 +18,9 @@ import socket
 import redis.exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from s2s.metrics import ClusterMetrics, Counts, ProcessGauges, Snapshot
+from s2s.metrics.counters import Counts
+from s2s.metrics.exposition import Snapshot
+from s2s.metrics.store import ClusterMetrics, ProcessGauges
 from s2s.queue import Queue
 from s2s.timeouts import within
 from s2s.web.describe import NO_STORE, describe, operation

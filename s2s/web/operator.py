@@ -42,7 +42,7 @@ class WorkersHandler(ApiHandler):
 
     async def get(self) -> None:
         if self.require_operator():
-            workers = await self.ctx.queue.workers(include_dead=True)
+            workers = await self.ctx.queue.fleet.workers(include_dead=True)
             self.answer({"workers": workers, "alive": sum(w["alive"] for w in workers)})
 
 
@@ -70,7 +70,7 @@ class JobListHandler(ApiHandler):
         if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 500:  # not isdigit(): "²"
             return self.fail(400, "invalid_limit", "limit must be a whole number from 1 to 500.",
                              {"field": "limit"})
-        jobs = await self.ctx.queue.list_jobs(state, int(raw_limit))
+        jobs = await self.ctx.queue.overview.list_jobs(state, int(raw_limit))
         self.answer({"state": state, "jobs": [job.to_json(self.base_url()) for job in jobs]})
 
 
@@ -104,7 +104,7 @@ class RetryFailedHandler(ApiHandler):
         if not self.require_operator():
             return
         retried, gone = [], []
-        for job in await self.ctx.queue.list_jobs("failed", 500):
+        for job in await self.ctx.queue.overview.list_jobs("failed", 500):
             outcome = await self.ctx.queue.retry(job.id)
             (gone if outcome == "gone" else retried).append(job.id)
         log.info("failed jobs retried by operator", extra={"retried": len(retried), "expired": len(gone)})
