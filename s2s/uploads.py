@@ -16,7 +16,7 @@ import logging
 import re
 
 from attrs import frozen
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from s2s.catalog import Catalog
 from s2s.queue import NewJob
@@ -35,6 +35,12 @@ PHOTO_MAX_SIDE = 1536
 PHOTO_TYPE = "image/jpeg"
 PHOTO_JPEG_QUALITY = 90
 _SRGB = ImageCms.createProfile("sRGB")
+
+#: EXIF Orientation -> the turn that shows the photo upright. ImageOps.exif_transpose has the same
+#: table but also rewrites the EXIF block, which fails on corrupt blocks; the block is dropped anyway.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 log = logging.getLogger("s2s.uploads")
 
@@ -197,8 +203,8 @@ def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
 def _clean_copy(picture: Image.Image) -> Photo:
     """Upright, sRGB, opaque RGB, then a JPEG written from the pixels alone (``info`` emptied: Pillow
     would otherwise carry a JPEG comment over into the new file)."""
-    picture = ImageOps.exif_transpose(picture)  # also honours an XMP tiff:Orientation
-    picture = _in_srgb(picture)
+    turn = _UPRIGHT.get(_orientation(picture))
+    picture = _in_srgb(picture if turn is None else picture.transpose(turn))
     if picture.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit greyscale PNG: Pillow clips, so scale
         picture = picture.convert("F").point(lambda v: v / 256).convert("L")
     if picture.has_transparency_data:
@@ -209,6 +215,17 @@ def _clean_copy(picture: Image.Image) -> Photo:
     out = io.BytesIO()
     picture.save(out, format="JPEG", quality=PHOTO_JPEG_QUALITY, optimize=True)
     return Photo(data=out.getvalue(), content_type=PHOTO_TYPE)
+
+
+def _orientation(picture: Image.Image) -> int:
+    """The EXIF (or XMP tiff:) Orientation. A block too corrupt to read shows the photo as stored,
+    as most viewers do, rather than refusing it."""
+    try:
+        value = picture.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # Pillow's EXIF parser raises struct, type and value errors alike
+        log.info("photo EXIF unreadable, orientation ignored", extra={"error": repr(exc)[:200]})
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 def _in_srgb(picture: Image.Image) -> Image.Image:

@@ -61,6 +61,18 @@ def phone_jpeg(size: tuple[int, int] = (2400, 1800), orientation: int = 6) -> by
     return buf.getvalue()
 
 
+def jpeg_with_corrupt_gps() -> bytes:
+    """EXIF that Pillow reads but cannot write back: GPSLatitude's rationals filed under
+    GPSDestLatitudeRef, an ASCII tag (as a buggy phone app might)."""
+    raw = gps_exif(orientation=6).tobytes()
+    order = ">" if raw[6:8] == b"MM" else "<"
+    latitude, mislabelled = (struct.pack(f"{order}HHI", tag, 5, 3) for tag in (2, 19))  # type RATIONAL, count 3
+    assert raw.count(latitude) == 1
+    buf = io.BytesIO()
+    marked((2400, 1800)).save(buf, format="JPEG", exif=raw.replace(latitude, mislabelled))
+    return buf.getvalue()
+
+
 def tagged_png() -> bytes:
     """RGBA with a transparent band, tEXt, zTXt and iTXt chunks and an eXIf chunk with GPS."""
     img = marked((600, 400)).convert("RGBA")
@@ -195,6 +207,11 @@ def test_the_stored_photo_keeps_no_metadata_and_the_local_provider_draws_from_it
 
     stack.worker(S2S_PROVIDER="local")
     assert wait_ended(url, job_id, timeout=60)["status"] == "completed"
+
+
+def test_a_photo_with_a_corrupt_exif_block_is_accepted_upright_without_it(stack):
+    url = stack.api()
+    assert_upright_and_shrunk(assert_bare_jpeg(stored_photo(stack, submit(url, jpeg_with_corrupt_gps()))))
 
 
 def test_an_embedded_colour_profile_is_converted_to_srgb_not_dropped(stack):
