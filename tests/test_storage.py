@@ -80,13 +80,17 @@ def s3_backend(settings: Settings, server: s3.S3Server) -> Backend:
         aws_access_key_id=s3.ACCESS_KEY, aws_secret_access_key=s3.SECRET_KEY), raw)
 
 
-@pytest.fixture(params=["file", "redis", "s3"])
-def backend(request, settings, tmp_path, redis_client) -> Backend:
-    if request.param == "file":
+def make_backend(name: str, request, settings, tmp_path, redis_client) -> Backend:
+    if name == "file":
         return file_backend(settings, tmp_path / "blobs")
-    if request.param == "redis":
+    if name == "redis":
         return redis_backend(settings, redis_client)
     return s3_backend(settings, request.getfixturevalue("s3_server"))
+
+
+@pytest.fixture(params=["file", "redis", "s3"])
+def backend(request, settings, tmp_path, redis_client) -> Backend:
+    return make_backend(request.param, request, settings, tmp_path, redis_client)
 
 
 def test_a_blob_comes_back_as_it_was_put(backend):
@@ -153,8 +157,8 @@ def test_expiry_counts_from_the_moment_of_put(backend):
         return before, await store.expires_at(key), after
 
     before, expires, after = backend.run(body)
-    # the stores keep milliseconds (Redis PTTL, S3 metadata) or the file's mtime
-    assert before + 3600 - 0.01 <= expires <= after + 3600 + 0.01
+    # Redis answers a TTL left, turned into a time on arrival: allow a second for that trip under load
+    assert before + 3600 - 1 <= expires <= after + 3600 + 1
 
 
 def test_an_expired_blob_is_gone_and_the_sweep_clears_it(backend):
@@ -216,9 +220,9 @@ def test_a_presigned_link_serves_the_picture_without_the_api(settings, s3_server
         assert (resp.status, resp.headers["Content-Type"], resp.read()) == (200, "image/png", PICTURE)
 
 
-def test_file_and_redis_stores_have_no_links(backend):
-    if backend.name == "s3":
-        return
+@pytest.mark.parametrize("name", ["file", "redis"])
+def test_file_and_redis_stores_have_no_links(name, request, settings, tmp_path, redis_client):
+    backend = make_backend(name, request, settings, tmp_path, redis_client)
 
     async def body(store: BlobStore):
         await store.put(job_blob("job1", "picture"), PICTURE, ttl_s=DAY)

@@ -48,7 +48,11 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, *, ttl_s: int, content_type: str = "application/octet-stream") -> None:
-        """Store ``data`` under ``key`` (replacing it atomically), to expire ``ttl_s`` seconds from now."""
+        """Store ``data`` under ``key`` (replacing it atomically), to expire ``ttl_s`` seconds from now.
+
+        ``content_type`` is kept where the store serves the bytes itself (S3 links); with the
+        others the API answers with the type the job record holds.
+        """
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None:
@@ -56,7 +60,10 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def expires_at(self, key: str) -> float | None:
-        """When the blob expires (Unix time, seconds); None when it is missing."""
+        """When the blob expires (Unix time, seconds); None when it is missing, inf if it has no expiry.
+
+        (Only a blob not put by s2s has none: an S3 object without the metadata, a Redis key without a TTL.)
+        """
 
     @abc.abstractmethod
     async def delete(self, *keys: str) -> None:
