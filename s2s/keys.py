@@ -79,6 +79,10 @@ class Keys:
         """LIST of the job's event frames (JSON), bounded, for replay on subscribe."""
         return f"{self.prefix}:job:{job_id}:events"
 
+    def blob(self, key: str) -> str:
+        """STRING (with a TTL): one blob of the Redis blob store (s2s/storage/redis_store.py), e.g. jobs/<id>/photo."""
+        return f"{self.prefix}:blob:{key}"
+
     def idempotency(self, key: str) -> str:
         """STRING: request fingerprint and job id of an ``Idempotency-Key``."""
         return f"{self.prefix}:idem:{key}"
