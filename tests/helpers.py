@@ -70,6 +70,11 @@ async def wait_until_async(check: Callable[[], object], timeout: float = 10.0, i
         await asyncio.sleep(interval)
 
 
+async def redis_clock_past(queue, ms: int) -> bool:
+    """Whether Redis's clock, the one the queue stamps and judges leases by, is past ``ms``."""
+    return await queue.now_ms() > ms
+
+
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_") and k not in ("REDIS_URL", "PORT")}
     env.update(settings.environ())

@@ -11,7 +11,7 @@ import pytest
 
 from s2s.models import JobStatus
 from s2s.queue import MAX_REFUNDS, IdempotencyConflict, NewJob, Queue
-from tests.helpers import photo_bytes, wait_until_async
+from tests.helpers import photo_bytes, redis_clock_past, wait_until_async
 
 PHOTO = photo_bytes("PNG", (64, 64))
 
@@ -98,7 +98,7 @@ def test_heartbeat_keeps_a_lease_alive(settings):
             beat = await q.now_ms()
             assert await q.heartbeat("w1", {"pid": 1}, [kept]) == []
             assert await q.redis.zscore(q.keys.active, kept.job_id) >= beat + lease, "the lease moved on"
-            await wait_until_async(lambda: _clock_past(q, beat + lease // 4), what="a quarter lease")
+            await wait_until_async(lambda: redis_clock_past(q, beat + lease // 4), what="a quarter lease")
             reaped += await q.reap()  # the kept job was renewed a quarter lease ago: never taken
             now = await q.now_ms()
             return now > claimed_at + 2 * lease  # both leases as first claimed are long over
@@ -110,10 +110,6 @@ def test_heartbeat_keeps_a_lease_alive(settings):
         assert not await q.complete(dropped, b"img", "image/png", "noop")
 
     run(settings, body, lease_ms=1000)
-
-
-async def _clock_past(q: Queue, ms: int) -> bool:
-    return await q.now_ms() > ms
 
 
 def test_failures_retry_with_backoff_then_fail_with_the_error_kept(settings):
