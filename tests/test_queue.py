@@ -323,14 +323,15 @@ def test_every_event_is_published_with_a_rising_seq(settings):
     async def body(q: Queue):
         pubsub = q.redis.pubsub()
         await pubsub.subscribe(q.keys.events_channel)
-        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        confirmed = await wait_until_async(lambda: pubsub.get_message(timeout=0.5), what="the subscription")
+        assert confirmed["type"] == "subscribe"  # from now on nothing published is missed
         job_id, _ = await q.enqueue(job())
         (claim,) = (await q.claim("w", 1)).claims
         await q.progress(claim, 50, "Halfway")
         await q.complete(claim, b"img", "image/png", "noop")
         frames = []
         while len(frames) < 4:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
             assert message is not None, f"only {frames} arrived"
             frames.append(json.loads(message["data"]))
         await pubsub.aclose()
