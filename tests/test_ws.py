@@ -726,8 +726,8 @@ def test_a_client_that_stops_answering_pings_is_dropped(stack):
     url = stack.api(WS_PING_INTERVAL=1000, WS_PING_TIMEOUT=2000)
     port = int(url.rsplit(":", 1)[1])
 
+    started = time.monotonic()  # before the server can start counting its silence
     silent = _handshake(port)  # its reads time out after 10 s: pings come every second until it is dropped
-    started = time.monotonic()
     opcodes = []
     try:
         while (frame := _read_frame(silent)) is not None and frame[0] != 0x8:  # a close frame, or end of stream
