@@ -28,7 +28,7 @@ from s2s.keys import Keys
 from s2s.queue import Queue
 from s2s.web.app import make_app
 from s2s.web.handlers import AppContext
-from tests.helpers import data_url, photo_bytes
+from tests.helpers import data_url, photo_bytes, redis_clock_past, wait_until_async
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -589,13 +589,13 @@ class TestRedisHangs:
         return {"redis_url": f"redis://127.0.0.1:{silent_port}/0"}
 
     @pytest.mark.gen_test(timeout=20)
-    async def test_health_still_answers_503_within_a_second(self, http_client, base_url, io_loop):
-        started = io_loop.time()
-        resp = await call(http_client, base_url, "/api/jobs/health")
-        elapsed = io_loop.time() - started
-        assert resp.code == 503 and json_of(resp)["status"] == "unhealthy"
+    async def test_health_still_answers_503_within_a_second(self, http_client, base_url):
+        # Render fails a health probe that has no answer after 5 s (render.com/docs/health-checks): the probe
+        # must get the 503 and its reason by then, though Redis never answers (the handler gives Redis 1 s)
+        resp = await http_client.fetch(base_url + "/api/jobs/health", raise_error=False, request_timeout=5)
+        assert resp.code == 503  # no answer in time raises HTTPTimeoutError
+        assert json_of(resp)["status"] == "unhealthy"
         assert "within 1 s" in json_of(resp)["reason"]
-        assert elapsed < 2.5, f"a load balancer's probe waited {elapsed:.1f} s"
 
 
 # ---- CORS ----------------------------------------------------------------------------------
@@ -825,12 +825,22 @@ class TestOperatorViews:
 
     @pytest.mark.gen_test(timeout=20)
     async def test_stats_tell_the_oldest_wait_and_recent_run_times(self, http_client, base_url, queue):
+        """Bracketed by Redis's clock, the one the queue stamps jobs with."""
         await queued_job(http_client, base_url)
-        await queued_job(http_client, base_url)
+        before_second = await queue.now_ms()
+        await queued_job(http_client, base_url)  # still waiting when stats are read
+        after_second = await queue.now_ms()
+        before_claim = await queue.now_ms()
         (claim,) = (await queue.claim("test-worker", 1)).claims
+        after_claim = await queue.now_ms()
+        await wait_until_async(lambda: redis_clock_past(queue, after_claim + 200), what="the job to run 200 ms")
         await queue.complete(claim, b"img", "image/png", "test")
+        after_complete = await queue.now_ms()
 
         stats = await stats_of(http_client, base_url)
+        after_stats = await queue.now_ms()
 
-        assert stats["oldestWaitingAgeMs"] >= 0
-        assert stats["durationMs"]["sample"] == 1 and stats["durationMs"]["p50"] >= 0
+        # the job still in line was queued between before_second and after_second, and has waited since
+        assert after_complete - after_second <= stats["oldestWaitingAgeMs"] <= after_stats - before_second, stats
+        assert stats["durationMs"]["sample"] == 1
+        assert 200 <= stats["durationMs"]["p50"] == stats["durationMs"]["p95"] <= after_complete - before_claim

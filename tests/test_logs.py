@@ -27,7 +27,8 @@ def lines(proc) -> list[dict]:
 def test_production_logs_are_json_lines_with_requests_and_every_state_change_and_no_secrets(stack):
     url = stack.api(**PRODUCTION)
     (api,) = stack.processes.children
-    worker = stack.worker(**PRODUCTION, S2S_NOOP_FAIL_ATTEMPTS=1)  # the first attempt fails, the second completes
+    # the first attempt fails, the second completes; each takes the provider at least 300 ms
+    worker = stack.worker(**PRODUCTION, S2S_NOOP_FAIL_ATTEMPTS=1, S2S_NOOP_DELAY_MS=300)
     photo = photo_bytes(seed=11)
     job_id = submit(url, photo, heroName=HERO, themeId="ocean", styleKey="sketch", kind="page")
     assert wait_ended(url, job_id)["status"] == "completed"
@@ -61,7 +62,7 @@ def test_production_logs_are_json_lines_with_requests_and_every_state_change_and
     retry, done = (next(line for line in worker_lines if line["msg"] == m) for m in ("job will be retried",
                                                                                        "job completed"))
     assert retry["delay_ms"] > 0 and retry["code"] == "noop_failure" and retry["worker"] == done["worker"]
-    assert done["duration_ms"] >= 0
+    assert done["duration_ms"] >= 300, "the attempt's run time, in milliseconds, includes the provider's 300 ms"
 
     everything = api.log_path.read_text() + worker.log_path.read_text()
     b64 = base64.b64encode(photo).decode()
