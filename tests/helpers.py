@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
+from s2s.replies import now_ms
 from s2s.settings import Settings
 
 T = TypeVar("T")
@@ -72,7 +73,7 @@ async def wait_until_async(check: Callable[[], object], timeout: float = 10.0, i
 
 async def redis_clock_past(queue, ms: int) -> bool:
     """Whether Redis's clock, the one the queue stamps and judges leases by, is past ``ms``."""
-    return await queue.now_ms() > ms
+    return await now_ms(queue.redis) > ms
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from tornado.httpclient import HTTPResponse
 from s2s.catalog import Catalog
 from s2s.keys import Keys
 from s2s.queue import Queue
+from s2s.replies import now_ms
 from s2s.web.app import make_app
 from s2s.web.handlers import AppContext
 from tests.helpers import data_url, photo_bytes, redis_clock_past, wait_until_async
@@ -827,18 +828,18 @@ class TestOperatorViews:
     async def test_stats_tell_the_oldest_wait_and_recent_run_times(self, http_client, base_url, queue):
         """Bracketed by Redis's clock, the one the queue stamps jobs with."""
         await queued_job(http_client, base_url)
-        before_second = await queue.now_ms()
+        before_second = await now_ms(queue.redis)
         await queued_job(http_client, base_url)  # still waiting when stats are read
-        after_second = await queue.now_ms()
-        before_claim = await queue.now_ms()
+        after_second = await now_ms(queue.redis)
+        before_claim = await now_ms(queue.redis)
         (claim,) = (await queue.claim("test-worker", 1)).claims
-        after_claim = await queue.now_ms()
+        after_claim = await now_ms(queue.redis)
         await wait_until_async(lambda: redis_clock_past(queue, after_claim + 200), what="the job to run 200 ms")
         await queue.complete(claim, b"img", "image/png", "test")
-        after_complete = await queue.now_ms()
+        after_complete = await now_ms(queue.redis)
 
         stats = await stats_of(http_client, base_url)
-        after_stats = await queue.now_ms()
+        after_stats = await now_ms(queue.redis)
 
         # the job still in line was queued between before_second and after_second, and has waited since
         assert after_complete - after_second <= stats["oldestWaitingAgeMs"] <= after_stats - before_second, stats

@@ -11,6 +11,7 @@ import pytest
 
 from s2s.models import JobStatus
 from s2s.queue import MAX_REFUNDS, IdempotencyConflict, NewJob, Queue
+from s2s.replies import now_ms
 from tests.helpers import photo_bytes, redis_clock_past, wait_until_async
 
 PHOTO = photo_bytes("PNG", (64, 64))
@@ -89,18 +90,18 @@ def test_heartbeat_keeps_a_lease_alive(settings):
         await q.enqueue(job("kept"))
         await q.enqueue(job("dropped"))
         kept, dropped = (await q.claim("w1", 2)).claims
-        claimed_at = await q.now_ms()
+        claimed_at = await now_ms(q.redis)
         lease = q.settings.lease_ms
         reaped = 0
 
         async def renew_and_reap():
             nonlocal reaped
-            beat = await q.now_ms()
+            beat = await now_ms(q.redis)
             assert await q.heartbeat("w1", {"pid": 1}, [kept]) == []
             assert await q.redis.zscore(q.keys.active, kept.job_id) >= beat + lease, "the lease moved on"
             await wait_until_async(lambda: redis_clock_past(q, beat + lease // 4), what="a quarter lease")
             reaped += await q.reap()  # the kept job was renewed a quarter lease ago: never taken
-            now = await q.now_ms()
+            now = await now_ms(q.redis)
             return now > claimed_at + 2 * lease  # both leases as first claimed are long over
 
         await wait_until_async(renew_and_reap, timeout=30, interval=0, what="two lease times of heartbeats")
@@ -118,11 +119,11 @@ def test_failures_retry_with_backoff_then_fail_with_the_error_kept(settings):
         not_before, early = 0, []  # on Redis's clock: no claim of the next attempt before its delay is over
         for attempt in (1, 2, 3):
             (claim,) = early or (await wait_until_async(lambda: _claims(q), what=f"attempt {attempt}")).claims
-            assert await q.now_ms() >= not_before, f"attempt {attempt} was claimed before its delay was over"
+            assert await now_ms(q.redis) >= not_before, f"attempt {attempt} was claimed before its delay was over"
             assert claim.attempt == attempt
             if attempt == 3:
                 break
-            not_before = await q.now_ms() + 300
+            not_before = await now_ms(q.redis) + 300
             assert await q.fail(claim, f"upstream broke {attempt}", "upstream", retryable=True, delay_ms=300) == 2
             state = await q.get(job_id)
             assert state.status is JobStatus.QUEUED and state.retry_at >= not_before
