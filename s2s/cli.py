@@ -1,4 +1,4 @@
-"""The ``s2s`` command: up, serve, worker, submit.
+"""The ``s2s`` command: up, serve, worker, submit, job-digest.
 
 Settings are read here, once, and handed down.
 """
@@ -238,6 +238,13 @@ def _download(job: dict, base: str, output: str | None) -> int:
     return 0
 
 
+def cmd_job_digest(args) -> int:
+    """Logs name a job by its digest, never its id: this prints what to search them for."""
+    for job_id in args.job_id:
+        print(logs.job_digest(job_id))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s2s", description="Snap2Story backend: API, queue workers, tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
     submit.add_argument("--idempotency-key", help="makes a repeated submit return the same job")
     submit.set_defaults(func=cmd_submit)
+
+    digest = sub.add_parser("job-digest", help="print the digest the logs name a job by (they never carry its id)")
+    digest.add_argument("job_id", nargs="+")
+    digest.set_defaults(func=cmd_job_digest)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -18,7 +18,7 @@ import redis.exceptions
 import tornado.web
 from attrs import Factory, field, frozen
 
-from s2s import provider_state, uploads
+from s2s import logs, provider_state, uploads
 from s2s.admission import Admission, Refusal, client_key
 from s2s.catalog import Catalog
 from s2s.models import JobStatus, status_path
@@ -122,10 +122,16 @@ class ApiHandler(tornado.web.RequestHandler):
             self.fail(status_code, "internal_error", "Something went wrong on our side.")
 
     def log_exception(self, typ, value, tb) -> None:
+        """Tornado's, without its request summary: the URI would write the job id and the query string."""
+        where = logs.request_fields(self)
         if isinstance(value, redis.exceptions.RedisError):
-            log.warning("redis unavailable", extra={"path": self.request.path, "error": str(value)})
+            log.warning("redis unavailable", extra={**where, "error": str(value)})
+        elif isinstance(value, tornado.web.HTTPError):
+            if value.log_message:
+                log.warning("request refused", extra={**where, "status": value.status_code,
+                                                      "error": value.log_message % value.args})
         else:
-            super().log_exception(typ, value, tb)
+            log.error("uncaught exception", exc_info=(typ, value, tb), extra=where)
 
     def base_url(self) -> str:
         return self.ctx.settings.public_url or f"{self.request.protocol}://{self.request.host}"
