@@ -34,11 +34,23 @@ INLINE_PHOTO_BYTES = 256 * 1024  # small photos come back with the claim itself,
 
 
 class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with a different request."""
+    """The client used its Idempotency-Key before for a different request.
 
-    def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
+    It names no job: the client's address may be shared (a household, a carrier's NAT), and a
+    job id is the key to someone's picture.
+    """
+
+
+@frozen
+class IdempotencyKey:
+    """An ``Idempotency-Key`` and the client that sent it (:func:`s2s.admission.client_key`).
+
+    The client is part of it: the same key from two clients names two requests, so no one can
+    reach another's job by guessing or reusing a key.
+    """
+
+    client: str
+    key: str
 
 
 @frozen
@@ -136,13 +148,12 @@ class Queue:
         return [self.keys.events_channel, self.retention_ms, MAX_EVENTS]
 
     # ---- the API side ----------------------------------------------------------------
-    async def enqueue(self, job: NewJob, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Store and queue a job; return (job id, created). A repeated key returns the first job."""
+    async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
+        """Store and queue a job; return (job id, created). The client's repeated key returns its first job."""
         job_id = new_job_id()
         k = self.keys
-        fingerprint = job.fingerprint() if idempotency_key else ""
-        idem_key = k.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest()) if idempotency_key else k.job(
-            job_id) + ":noidem"
+        fingerprint = job.fingerprint() if idempotency else ""
+        idem_key = k.idempotency(idempotency.client, idempotency.key) if idempotency else k.job(job_id) + ":noidem"
         fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
                   "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts]
         created, value = await scripts.call(
@@ -153,7 +164,7 @@ class Queue:
             return job_id, True
         seen_fingerprint, seen_id = text(value).split(" ", 1)
         if seen_fingerprint != fingerprint:
-            raise IdempotencyConflict(seen_id)
+            raise IdempotencyConflict
         return seen_id, False
 
     async def get(self, job_id: str) -> Job | None:

@@ -363,7 +363,7 @@ async def test_idempotency_key_reused_for_another_request_is_409(http_client, ba
     resp = await submit(http_client, base_url, job_body(**changed), headers=headers)
 
     body = assert_error(resp, 409, "idempotency_key_reused")
-    assert body["details"]["jobId"] == json_of(first)["jobId"]
+    assert "details" not in body and json_of(first)["jobId"] not in resp.body.decode(), "a 409 names no job"
     assert (await stats_of(http_client, base_url))["waiting"] == 1
 
 

@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from s2s.models import JobStatus
-from s2s.queue import MAX_REFUNDS, IdempotencyConflict, NewJob, Queue
+from s2s.queue import MAX_REFUNDS, IdempotencyConflict, IdempotencyKey, NewJob, Queue
 from s2s.replies import now_ms
 from tests.helpers import photo_bytes, redis_clock_past, wait_until_async
 
@@ -268,12 +268,15 @@ def test_a_cancelled_job_never_runs_and_a_running_one_is_fenced_out(settings):
 
 def test_idempotency_key_returns_the_same_job_even_when_racing(settings):
     async def body(q: Queue):
-        results = await asyncio.gather(*[q.enqueue(job(), "key-1") for _ in range(20)])
+        key = IdempotencyKey("203.0.113.1", "key-1")
+        results = await asyncio.gather(*[q.enqueue(job(), key) for _ in range(20)])
         assert len({job_id for job_id, _ in results}) == 1
         assert sum(created for _, created in results) == 1
         assert (await q.stats()).waiting == 1
         with pytest.raises(IdempotencyConflict):
-            await q.enqueue(job("someone else"), "key-1")
+            await q.enqueue(job("someone else"), key)
+        other, created = await q.enqueue(job(), IdempotencyKey("203.0.113.2", "key-1"))  # another client's key
+        assert created and other != results[0][0]
 
     run(settings, body)
 

@@ -22,7 +22,7 @@ from s2s import logs, provider_state, uploads
 from s2s.admission import Admission, Refusal, client_key
 from s2s.catalog import Catalog
 from s2s.models import JobStatus, status_path
-from s2s.queue import IdempotencyConflict, Queue
+from s2s.queue import IdempotencyConflict, IdempotencyKey, Queue
 from s2s.settings import Settings
 from s2s.timeouts import within
 from s2s.uploads import InputError
@@ -160,8 +160,10 @@ class ApiHandler(tornado.web.RequestHandler):
     "`Content-Length`, before the body is read.",
     parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                  "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
-                 "description": "A retried POST with the same key and body answers the same job (and counts once "
-                                "against the rate limit); the same key with another body is a 409."}],
+                 "description": "A retried POST with the same key and body from the same client (IP address, or "
+                                "IPv6 /64) answers the same job (and counts once against the rate limit); the same "
+                                "key with another body is a 409. Keys are scoped to the client: the same key from "
+                                "another client makes another job."}],
     requestBody={"required": True, "content": {JSON: {"schema": ref("Submission"), "example": EXAMPLE_SUBMISSION}}},
     responses={
         202: answer("Accepted", "Queued (or, with a reused Idempotency-Key, already queued).",
@@ -172,7 +174,7 @@ class ApiHandler(tornado.web.RequestHandler):
                    "missing_field", "invalid_field", "invalid_base64", "unsupported_image_type", "invalid_image",
                    "image_type_mismatch", "image_too_many_pixels", "unknown_themeId", "unknown_styleKey",
                    "unknown_kind", "invalid_idempotency_key"),
-        409: error("This Idempotency-Key was used for a different body; `details.jobId` is the job it made.",
+        409: error("This client used this Idempotency-Key for a different body. The answer names no job.",
                    "idempotency_key_reused"),
         413: error(f"The request is over {settings.max_body_bytes} bytes (`request_too_large`), or the decoded photo "
                    f"over {settings.max_image_bytes} bytes (`image_too_large`); `details.maxBytes` says the limit.",
@@ -249,13 +251,14 @@ class GenerateImageHandler(ApiHandler):
         token, refusal = await self.ctx.admission.take(self._client)  # atomic across API processes
         if refusal:
             return self.refuse(refusal)
+        idempotency = IdempotencyKey(self._client, idempotency_key) if idempotency_key is not None else None
         try:
-            job_id, created = await self.ctx.queue.enqueue(job, idempotency_key)
-        except IdempotencyConflict as exc:
+            job_id, created = await self.ctx.queue.enqueue(job, idempotency)
+        except IdempotencyConflict:  # names no job: the one it made is the key to someone's picture
             await self.ctx.admission.give_back(self._client, token)
             return self.fail(409, "idempotency_key_reused",
-                             "This Idempotency-Key was already used for a different request.",
-                             {"jobId": exc.job_id})
+                             "This Idempotency-Key was already used for a different request; send this one "
+                             "with a new key.")
         if not created:
             await self.ctx.admission.give_back(self._client, token)  # a replay of an accepted job is free
         if created:
