@@ -108,7 +108,7 @@ class JobRegistry(pykka.ThreadingActor):
             elif isinstance(message, Resync):
                 self._resync()
             else:
-                log.warning("registry got an unknown message", extra={"message": repr(message)[:200]})
+                log.warning("registry got an unknown message", extra={"message": type(message).__name__})
         except Exception:  # one bad message must not stop live updates for everyone
             log.exception("registry failed on a message", extra={"message": type(message).__name__})
 
