@@ -479,6 +479,9 @@ async def test_a_completed_job_links_to_its_image(http_client, base_url, queue):
     assert resp.code == 200
     assert resp.headers["Content-Type"] == "image/png"
     assert resp.body == result
+    # a saved picture is shared (a chat, a print shop): its file name must not be the key to it
+    assert re.fullmatch(r'inline; filename="snap2story-[0-9a-f]{8}\.png"', resp.headers["Content-Disposition"])
+    assert job_id not in resp.headers["Content-Disposition"]
     stats = await stats_of(http_client, base_url)
     assert (stats["waiting"], stats["active"], stats["completed"]) == (0, 0, 1)
 

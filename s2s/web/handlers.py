@@ -306,7 +306,9 @@ class JobImageHandler(ApiHandler):
         data, content_type = found
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "private, max-age=3600, immutable")
-        self.set_header("Content-Disposition", f'inline; filename="{job_id}.{content_type.split("/")[-1]}"')
+        # not the id: a saved picture gets shared, and its name would be the key to the job (and the hero's name)
+        self.set_header("Content-Disposition",
+                        f'inline; filename="snap2story-{logs.job_digest(job_id)}.{content_type.split("/")[-1]}"')
         self.finish(data)
 
 
