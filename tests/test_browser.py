@@ -31,6 +31,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(__file__).parent / "artifacts" / "browser"
 ADMIN = "browser-test-token"
+# run by tox's browser env only (tox.ini), which is skipped, saying so, where /usr/bin/chromium is missing
+pytestmark = pytest.mark.browser
 # what the page showed, step by step: (progress bar value, status line), recorded as it changes
 RECORD_STATUS = """
 window.__shown = [];
@@ -200,6 +202,9 @@ class Tab:
 
 @pytest.fixture(scope="module")
 def playwright():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is not installed: these tests drive Debian's chromium (apt-get install -y chromium; "
+                    "Playwright downloads no browser here)", pytrace=False)
     with sync_playwright() as driver:
         yield driver
 
