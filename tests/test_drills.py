@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis as redis_lib
 
 from s2s.embedded import EmbeddedRedis, free_port
@@ -31,6 +32,9 @@ from tests.api_client import health
 from tests.helpers import child_env, data_url, http_json, photo_bytes, wait_until
 from tests.test_render_blueprint import SERVICES
 from tests.test_ws import ORIGIN, Client
+
+# the longest runs of real processes: tox runs them once, in its drills env (tox.ini), not in every Python
+pytestmark = pytest.mark.drill
 
 KEYS = Keys("s2s")
 PHOTO = data_url(photo_bytes())
