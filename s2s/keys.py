@@ -5,6 +5,8 @@ Lua scripts receive these as KEYS; no other module spells a key.
 
 from __future__ import annotations
 
+import hashlib
+
 from attrs import frozen
 
 
@@ -79,9 +81,18 @@ class Keys:
         """LIST of the job's event frames (JSON), bounded, for replay on subscribe."""
         return f"{self.prefix}:job:{job_id}:events"
 
-    def idempotency(self, key: str) -> str:
-        """STRING: request fingerprint and job id of an ``Idempotency-Key``."""
-        return f"{self.prefix}:idem:{key}"
+    def blob(self, key: str) -> str:
+        """STRING (with a TTL): one blob of the Redis blob store (s2s/storage/redis_store.py), e.g. jobs/<id>/photo."""
+        return f"{self.prefix}:blob:{key}"
+
+    def idempotency(self, client: str, key: str) -> str:
+        """STRING: request fingerprint and job id of one client's ``Idempotency-Key``.
+
+        Scoped to the client (:func:`s2s.admission.client_key`): the same key from two clients names two
+        requests. The pair is hashed: a key may be 255 characters, and names no one in a key listing.
+        """
+        digest = hashlib.sha256(client.encode() + b"\0" + key.encode()).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
 
     # --- API limits ---
     def submits(self, client: str) -> str:
@@ -105,7 +116,7 @@ class Keys:
         """STRING (JSON reason, with a TTL) present while the provider refuses our credentials."""
         return f"{self.prefix}:provider:{provider}:state"
 
-    # --- metrics (s2s/metrics.py) ---
+    # --- metrics (s2s/metrics/store.py) ---
     @property
     def metrics_counters(self) -> str:
         """HASH of cluster-wide counters (field: JSON [sample name, labels]) every process adds its increments to."""

@@ -4,20 +4,41 @@ Callers pass context as ``extra={...}``; only those fields and the message are
 written, so image bytes or keys never reach a log by accident. Requests get one
 line each from :func:`log_request` (method, path, status, time, client address),
 never a query string or a header.
+
+A job id is the key to a child's picture and the hero's name (anyone holding one
+may read both), so no log carries one, at any level: callers pass the id as the
+``job`` field and the formatters write its :func:`job_digest` instead; a request
+path writes ``{jobId}`` where the id was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import sys
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+JOB_FIELD = "job"
+
+
+def job_digest(job_id: str) -> str:
+    """How logs name a job: the first 8 hex digits of the SHA-256 of its id (``s2s job-digest <id>``).
+
+    The same in API and worker lines, so it correlates them as the id did, and it opens nothing:
+    32 bits of a hash say nothing usable about a 144-bit random id. Shell:
+    ``printf %s "$JOB_ID" | sha256sum | cut -c1-8``.
+    """
+    return hashlib.sha256(job_id.encode()).hexdigest()[:8]
 
 
 def _context(record: logging.LogRecord) -> dict:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    out = {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    if out.get(JOB_FIELD) is not None:
+        out[JOB_FIELD] = job_digest(str(out[JOB_FIELD]))
+    return out
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,6 +68,8 @@ class TextFormatter(logging.Formatter):
 #: Probed every few seconds by load balancers and scrapers: their lines are DEBUG, so INFO stays readable.
 QUIET_PATHS = frozenset({"/api/jobs/health", "/metrics"})
 MAX_PATH_CHARS = 200
+# a path segment as long as a job id (no route's own segment is): written as {jobId} even where no route matched
+_ID_LIKE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 _requests = logging.getLogger("s2s.request")
 
@@ -67,12 +90,29 @@ def log_request(handler) -> None:
         level = logging.INFO
     if not _requests.isEnabledFor(level):
         return
-    fields = {"method": request.method, "path": request.path[:MAX_PATH_CHARS], "status": status,
+    fields = {**request_fields(handler), "status": status,
               "duration_ms": round(request.request_time() * 1000, 1), "ip": request.remote_ip}
-    job_id = (handler.path_kwargs or {}).get("job_id")
-    if job_id:
-        fields["job"] = job_id
     _requests.log(level, "request", extra=fields)
+
+
+def request_fields(handler) -> dict:
+    """Which request a line is about, fit for a log: method, the path with ``{jobId}`` for the id, the job.
+
+    The job is the route's ``job_id``, or else the first id-long segment of a path no route took
+    (``/api/jobs/<id>/status/``): whichever it is, the formatter writes it as its digest.
+    """
+    request = handler.request
+    job_id = (handler.path_kwargs or {}).get("job_id")
+    segments = []
+    for segment in request.path.split("/"):
+        if segment and (segment == job_id or _ID_LIKE.fullmatch(segment)):
+            job_id = job_id or segment
+            segment = "{jobId}"
+        segments.append(segment)
+    fields = {"method": request.method, "path": "/".join(segments)[:MAX_PATH_CHARS]}
+    if job_id:
+        fields[JOB_FIELD] = job_id
+    return fields
 
 
 def setup(level: str = "info", json_lines: bool = False) -> None:

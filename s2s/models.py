@@ -136,6 +136,8 @@ class Job:
 
 @frozen
 class Stats:
+    """How many jobs are in each state, whether the queue is paused, and its lifetime totals."""
+
     waiting: int
     active: int
     delayed: int
@@ -156,3 +158,30 @@ class Stats:
             "paused": self.paused,
             "totals": dict(self.totals),
         }
+
+
+@frozen
+class StatsSnapshot(Stats):
+    """The body of GET /api/jobs/stats (and of the /ws ``queue_stats`` frame): the counts, the
+    oldest wait and the run times of recently completed jobs. The console parses it with
+    :meth:`from_json`, so the API and the console share this one declaration."""
+
+    oldest_waiting_age_ms: int | None = None
+    p50_ms: int | None = None
+    p95_ms: int | None = None
+    duration_sample: int = 0
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "oldestWaitingAgeMs": self.oldest_waiting_age_ms,
+                "durationMs": {"p50": self.p50_ms, "p95": self.p95_ms, "sample": self.duration_sample}}
+
+    @classmethod
+    def from_json(cls, body: Mapping) -> StatsSnapshot:
+        durations = body.get("durationMs") or {}
+        return cls(
+            waiting=int(body["waiting"]), active=int(body["active"]), delayed=int(body.get("delayed", 0)),
+            completed=int(body["completed"]), failed=int(body["failed"]), cancelled=int(body.get("cancelled", 0)),
+            paused=bool(body.get("paused", False)),
+            totals={str(k): int(v) for k, v in (body.get("totals") or {}).items()},
+            oldest_waiting_age_ms=body.get("oldestWaitingAgeMs"),
+            p50_ms=durations.get("p50"), p95_ms=durations.get("p95"), duration_sample=int(durations.get("sample", 0)))

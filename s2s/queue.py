@@ -4,6 +4,9 @@ A job id moves between a waiting LIST and a processing ZSET of leases, one Lua
 script per move (s2s/lua/). Each claim hands out a fencing token: a worker whose
 lease was taken away (it hung, or was killed) cannot report or finish the job
 afterwards, so a job completes at most once, and the reaper puts it back in line.
+
+Reading what the queue holds is elsewhere: the worker registry in :mod:`s2s.fleet`,
+job lists and the stats snapshot in :mod:`s2s.overview` (``queue.fleet``, ``queue.overview``).
 """
 
 from __future__ import annotations
@@ -12,31 +15,44 @@ import asyncio
 import hashlib
 import json
 import secrets
-import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 from attrs import field, frozen
 
 from s2s import connections, scripts
+from s2s.fleet import WORKER_MEMORY_MS, Fleet
 from s2s.keys import Keys
 from s2s.models import Job, Stats, image_path
+from s2s.overview import Overview
+from s2s.replies import text
 from s2s.settings import Settings
-from s2s.store import StoreMemory
+from s2s.redis_memory import StoreMemory
 
 MAX_EVENTS = 200  # per-job event log bound; a job has a dozen in a normal life
 MAX_REFUNDS = 20  # rate-limited attempts given back per job; past that they count
-WORKER_MEMORY_MS = 3600 * 1000  # a worker that stopped is still listed (as dead) for an hour
 REAP_CONFIRM_SLACK_MS = 2000  # see Queue.reap_confirm_ms
 INLINE_PHOTO_BYTES = 256 * 1024  # small photos come back with the claim itself, saving a round trip
 
 
 class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with a different request."""
+    """The client used its Idempotency-Key before for a different request.
 
-    def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
+    It names no job: the client's address may be shared (a household, a carrier's NAT), and a
+    job id is the key to someone's picture.
+    """
+
+
+@frozen
+class IdempotencyKey:
+    """An ``Idempotency-Key`` and the client that sent it (:func:`s2s.admission.client_key`).
+
+    The client is part of it: the same key from two clients names two requests, so no one can
+    reach another's job by guessing or reusing a key.
+    """
+
+    client: str
+    key: str
 
 
 @frozen
@@ -87,10 +103,10 @@ def _parse_claims(reply: list) -> ClaimBatch:
     rest = reply[3:]
     for i in range(0, len(rest), 10):
         job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts, photo = rest[i:i + 10]
-        claims.append(Claim(job_id=_s(job_id), fence=_s(fence), attempt=int(attempt),
-                            max_attempts=int(max_attempts or 1), hero_name=_s(hero or b""),
-                            theme_id=_s(theme or b""), style_key=_s(style or b""), kind=_s(kind or b""),
-                            photo_type=_s(photo_type or b"image/png"), photo=photo or None))
+        claims.append(Claim(job_id=text(job_id), fence=text(fence), attempt=int(attempt),
+                            max_attempts=int(max_attempts or 1), hero_name=text(hero or b""),
+                            theme_id=text(theme or b""), style_key=text(style or b""), kind=text(kind or b""),
+                            photo_type=text(photo_type or b"image/png"), photo=photo or None))
     return ClaimBatch(claims=claims, paused=bool(paused), next_delayed_ms=None if next_due < 0 else next_due,
                       now_ms=now)
 
@@ -100,12 +116,8 @@ def new_job_id() -> str:
     return secrets.token_urlsafe(18)
 
 
-def _s(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Queue:
-    """Every queue operation, for the API and the workers alike."""
+    """Every job operation, for the API and the workers alike."""
 
     def __init__(self, redis: aioredis.Redis, settings: Settings):
         self.redis = redis
@@ -117,10 +129,10 @@ class Queue:
         self._job_prefix = k.job("")
         self._events_suffix = k.job_events("x")[len(k.job("x")):]
         self._input_suffix = k.job_input("x")[len(k.job("x")):]
-        self._opened = time.monotonic()  # this process's start, for worker_absence_ms
-        self._worker_seen: float | None = None
         self.memory = StoreMemory(redis, settings.store_high_water_percent)  # how full Redis is
         self.max_block_s = settings.redis_timeout_ms / 2000  # a BLMOVE must end before the read timeout does
+        self.fleet = Fleet(redis, self.keys, settings.lease_ms)  # the workers' registry, read
+        self.overview = Overview(self)  # job lists and snapshots, read
 
     @classmethod
     def connect(cls, settings: Settings, url: str | None = None, *, blocking_s: float = 0.0) -> Queue:
@@ -137,13 +149,12 @@ class Queue:
         return [self.keys.events_channel, self.retention_ms, MAX_EVENTS]
 
     # ---- the API side ----------------------------------------------------------------
-    async def enqueue(self, job: NewJob, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Store and queue a job; return (job id, created). A repeated key returns the first job."""
+    async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
+        """Store and queue a job; return (job id, created). The client's repeated key returns its first job."""
         job_id = new_job_id()
         k = self.keys
-        fingerprint = job.fingerprint() if idempotency_key else ""
-        idem_key = k.idempotency(hashlib.sha256(idempotency_key.encode()).hexdigest()) if idempotency_key else k.job(
-            job_id) + ":noidem"
+        fingerprint = job.fingerprint() if idempotency else ""
+        idem_key = k.idempotency(idempotency.client, idempotency.key) if idempotency else k.job(job_id) + ":noidem"
         fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
                   "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts]
         created, value = await scripts.call(
@@ -152,16 +163,16 @@ class Queue:
             [job_id, job.photo, fingerprint, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
         if created:
             return job_id, True
-        seen_fingerprint, seen_id = _s(value).split(" ", 1)
+        seen_fingerprint, seen_id = text(value).split(" ", 1)
         if seen_fingerprint != fingerprint:
-            raise IdempotencyConflict(seen_id)
+            raise IdempotencyConflict
         return seen_id, False
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))
         if not raw or b"id" not in raw:
             return None
-        return Job.from_redis({_s(a): _s(b) for a, b in raw.items()})
+        return Job.from_redis({text(a): text(b) for a, b in raw.items()})
 
     async def result(self, job_id: str) -> tuple[bytes, str] | None:
         """The finished image and its content type, while it is kept."""
@@ -171,7 +182,7 @@ class Queue:
         content_type, data = await pipe.execute()
         if data is None or content_type is None:
             return None
-        return data, _s(content_type)
+        return data, text(content_type)
 
     async def events(self, job_id: str, after_seq: int = 0) -> list[dict]:
         """The job's kept event frames with ``seq`` above ``after_seq``, oldest first."""
@@ -188,12 +199,12 @@ class Queue:
         pairs = iter(totals)
         return Stats(waiting=waiting, active=active, delayed=delayed, completed=completed, failed=failed,
                      cancelled=cancelled, paused=bool(paused),
-                     totals={_s(a): int(b) for a, b in zip(pairs, pairs, strict=True)})
+                     totals={text(a): int(b) for a, b in zip(pairs, pairs, strict=True)})
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a queued or running job; return the status it had ('' if unknown)."""
         k = self.keys
-        return _s(await scripts.call(
+        return text(await scripts.call(
             self.redis, "cancel",
             [k.job(job_id), k.job_events(job_id), k.job_input(job_id), k.waiting, k.delayed, k.active,
              k.cancelled, k.totals],
@@ -202,7 +213,7 @@ class Queue:
     async def retry(self, job_id: str) -> str:
         """Queue a failed or cancelled job again; return the status it had ('' unknown, 'gone' expired)."""
         k = self.keys
-        return _s(await scripts.call(
+        return text(await scripts.call(
             self.redis, "retry",
             [k.job(job_id), k.job_events(job_id), k.job_input(job_id), k.waiting, k.failed, k.cancelled],
             self._common()))
@@ -244,7 +255,7 @@ class Queue:
         for claim in holding:
             args += [claim.job_id, claim.fence]
         lost = await self.pipeliner.call("extend", [k.active, k.workers, k.worker(worker_id)], args)
-        return [_s(x) for x in lost]
+        return [text(x) for x in lost]
 
     def progress(self, claim: Claim, percent: int, message: str) -> asyncio.Future:
         """Record progress; the future answers 1, or 0 when this worker no longer holds the job.
@@ -306,98 +317,3 @@ class Queue:
         """How long an expired lease stays suspected before it is taken back: a heartbeat interval and
         two seconds, which a live worker needs to renew after Redis comes back from an outage."""
         return self.settings.lease_ms // 3 + REAP_CONFIRM_SLACK_MS
-
-    def alive_within_ms(self) -> int:
-        """A worker heard from within this long is alive (three missed heartbeats)."""
-        return self.settings.lease_ms
-
-    async def now_ms(self) -> int:
-        seconds, micros = await self.redis.time()
-        return seconds * 1000 + micros // 1000
-
-    async def workers(self, include_dead: bool = False) -> list[dict]:
-        """Worker processes with what they last said of themselves; ``alive`` says if they still beat."""
-        k = self.keys
-        now = await self.now_ms()
-        await self.redis.zremrangebyscore(k.workers, "-inf", now - WORKER_MEMORY_MS)
-        low = "-inf" if include_dead else now - self.alive_within_ms()
-        entries = await self.redis.zrangebyscore(k.workers, low, "+inf", withscores=True)
-        if not entries:
-            return []
-        infos = await self.redis.mget([k.worker(_s(w)) for w, _ in entries])
-        out = []
-        for (wid, seen), info in zip(entries, infos, strict=True):
-            if info is None:
-                continue
-            data = json.loads(info)
-            age = now - int(seen)
-            data.update(id=_s(wid), lastSeenMs=age, alive=age <= self.alive_within_ms())
-            out.append(data)
-        return out
-
-    async def worker_absence_ms(self, alive: bool) -> int:
-        """How long no worker has been alive (0 while one is), as far as this process can tell.
-
-        Counted from the latest of: this process's start (workers deployed after the API get the
-        full time to come up), the newest heartbeat the registry remembers (a worker that died
-        without leaving stays listed for an hour, so its end is dated even by a process that never
-        saw it), and the last time this process saw a worker alive (a drained worker leaves the
-        registry at once). ``alive``: whether :meth:`workers` found one just now.
-        """
-        mono = time.monotonic()
-        if alive:
-            self._worker_seen = mono
-            return 0
-        ages_s = [mono - self._opened]
-        if self._worker_seen is not None:
-            ages_s.append(mono - self._worker_seen)
-        newest = await self.redis.zrevrange(self.keys.workers, 0, 0, withscores=True)
-        if newest:
-            ages_s.append(max(0, await self.now_ms() - int(newest[0][1])) / 1000)
-        return int(min(ages_s) * 1000)
-
-    async def list_jobs(self, state: str, limit: int = 50) -> list[Job]:
-        """The newest ``limit`` jobs in one state (waiting: oldest first, as they will run)."""
-        k = self.keys
-        if state == "waiting":
-            ids = list(reversed(await self.redis.lrange(k.waiting, -limit, -1)))
-        else:
-            ids = await self.redis.zrevrange({"active": k.active, "delayed": k.delayed, "completed": k.completed,
-                                              "failed": k.failed, "cancelled": k.cancelled}[state], 0, limit - 1)
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(k.job(_s(job_id)))
-        jobs = []
-        for raw in await pipe.execute():
-            if raw and b"id" in raw:
-                jobs.append(Job.from_redis({_s(a): _s(b) for a, b in raw.items()}))
-        return jobs
-
-    async def oldest_waiting_age_ms(self) -> int | None:
-        """How long the next job in line has waited, or None when nothing waits."""
-        oldest = await self.redis.lindex(self.keys.waiting, -1)
-        if oldest is None:
-            return None
-        created = await self.redis.hget(self.keys.job(_s(oldest)), "createdAt")
-        return max(0, await self.now_ms() - int(created)) if created else None
-
-    async def snapshot(self) -> dict:
-        """The body of GET /api/jobs/stats: counts, plus the oldest wait and recent run times."""
-        body = (await self.stats()).to_json()
-        body["oldestWaitingAgeMs"] = await self.oldest_waiting_age_ms()
-        durations = sorted(await self.recent_durations_ms())
-        body["durationMs"] = {
-            "p50": durations[len(durations) // 2] if durations else None,
-            "p95": durations[min(len(durations) - 1, int(len(durations) * 0.95))] if durations else None,
-            "sample": len(durations),
-        }
-        return body
-
-    async def recent_durations_ms(self, sample: int = 200) -> list[int]:
-        """Run times (start to completion) of the most recently completed jobs."""
-        ids = await self.redis.zrevrange(self.keys.completed, 0, sample - 1)
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(self.keys.job(_s(job_id)), "startedAt", "completedAt")
-        return [int(done) - int(start) for start, done in await pipe.execute() if start and done]
-

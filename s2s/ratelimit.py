@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,63 +27,16 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from s2s import scripts
+from s2s.backoff import equal_jitter
 from s2s.keys import Keys
+from s2s.replies import text
 from s2s.timeouts import cancel, cancel_requested
 
 log = logging.getLogger("s2s.ratelimit")
 
 #: Why a caller waits: the upstream asked us to back off, every slot is taken, or the minute's budget is spent.
 PAUSED, BUSY, PER_MINUTE = "paused", "busy", "per_minute"
-
-_CLOCK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS: requests, slots, pause. ARGV: token, rpm, concurrency, lease_ms, window_ms.
-# Returns {0, 'ok'} when the call may go (its token is recorded), else {ms to wait at most, reason}.
-_ACQUIRE = _CLOCK + """
-local paused = redis.call('PTTL', KEYS[3])
-if paused > 0 then return {paused, 'paused'} end
-local rpm, concurrency = tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease, window = tonumber(ARGV[4]), tonumber(ARGV[5])
-if concurrency > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= concurrency then
-    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return {math.max(1, tonumber(first[2]) - now), 'busy'}
-  end
-end
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[1]) >= rpm then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {math.max(1, tonumber(oldest[2]) + window - now), 'per_minute'}
-  end
-  redis.call('ZADD', KEYS[1], now, ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], window)
-end
-if concurrency > 0 then
-  redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], lease)
-end
-return {0, 'ok'}
-"""
-
-# KEYS: slots. ARGV: token, lease_ms. The call is still running, so the slot is (re)taken even if it lapsed.
-_RENEW = _CLOCK + """
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-return 1
-"""
-
-# KEYS: pause. ARGV: ms. Only ever lengthens a pause another worker set.
-_PAUSE = """
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-end
-return 1
-"""
 
 OnWait = Callable[[str], Awaitable[None]]
 
@@ -102,9 +54,6 @@ class RateLimiter:
         self.poll_ms = poll_ms
         self._redis = redis
         self._keys = [keys.rate_requests(provider), keys.rate_slots(provider), keys.rate_pause(provider)]
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
-        self._pause = redis.register_script(_PAUSE)
 
     @property
     def enabled(self) -> bool:
@@ -146,16 +95,17 @@ class RateLimiter:
                 await on_wait(reason)
             # a slot may free at any moment: poll; a window or a pause ends at a known time
             ceiling = self.poll_ms if reason == BUSY else min(wait_ms, 5_000)
-            await asyncio.sleep(ceiling * random.uniform(0.5, 1.0) / 1000)
+            await asyncio.sleep(equal_jitter(ceiling) / 1000)
 
     async def try_acquire(self, token: str) -> tuple[int, str]:
         """One attempt: (0, "ok") and the token recorded, or (ms to wait at most, reason)."""
         if not self.enabled:
             wait_ms = await self._redis.pttl(self._keys[2])
             return (wait_ms, PAUSED) if wait_ms > 0 else (0, "ok")
-        wait_ms, reason = await self._acquire(
-            keys=self._keys, args=[token, self.per_minute, self.concurrency, self.lease_ms, self.window_ms])
-        return int(wait_ms), reason.decode() if isinstance(reason, bytes) else str(reason)
+        wait_ms, reason = await scripts.call(
+            self._redis, "rate_acquire", self._keys,
+            [token, self.per_minute, self.concurrency, self.lease_ms, self.window_ms])
+        return int(wait_ms), text(reason)
 
     async def release(self, token: str) -> None:
         """Free the call's slot (its place in the minute's window stays: the request was made)."""
@@ -169,7 +119,7 @@ class RateLimiter:
     async def pause(self, seconds: float) -> None:
         """Make every worker hold its next calls for ``seconds`` (the upstream's Retry-After)."""
         try:
-            await self._pause(keys=self._keys[2:], args=[max(1, int(seconds * 1000))])
+            await scripts.call(self._redis, "rate_pause", self._keys[2:], [max(1, int(seconds * 1000))])
         except redis.exceptions.RedisError as exc:
             log.warning("cannot record the upstream's back-off", extra={"provider": self.provider,
                                                                           "error": str(exc)})
@@ -178,7 +128,7 @@ class RateLimiter:
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
             try:
-                await self._renew(keys=self._keys[1:2], args=[token, self.lease_ms])
+                await scripts.call(self._redis, "rate_renew", self._keys[1:2], [token, self.lease_ms])
             except redis.exceptions.RedisError as exc:
                 log.warning("cannot renew a rate-limit slot", extra={"provider": self.provider, "error": str(exc)})
             if cancel_requested():  # a lost cancellation would keep this loop, and the slot's exit, forever

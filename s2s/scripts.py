@@ -1,8 +1,10 @@
-"""The queue's Lua scripts, loaded once and called by SHA, batched into pipelines.
+"""Every Lua script s2s runs (s2s/lua/), loaded once and called by SHA, batched into pipelines.
 
 Every state change of a job is one script, so it is atomic: a job is always in
 exactly one of waiting, processing (leased), delayed, completed, failed or
-cancelled, and stats are exact.
+cancelled, and stats are exact. The submit limits (admit) and the providers'
+shared rate limits (rate_*) are scripts too; each script is prefixed with
+_lib.lua, the one copy of Redis's clock and of the sliding window.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from redis.exceptions import NoScriptError
 
 _LIB = resources.files("s2s.lua").joinpath("_lib.lua").read_text()
 NAMES = ("enqueue", "claim", "extend", "progress", "complete", "fail", "release", "reap", "stats", "cancel",
-         "retry", "upstream")
+         "retry", "upstream", "admit", "rate_acquire", "rate_renew", "rate_pause")
 
 
 class Script:

@@ -74,6 +74,31 @@ def _optional_url(name: str, raw: str) -> str | None:
     return _url(name, raw) if raw.strip() else None
 
 
+STORAGE_SCHEMES = ("file", "s3", "redis", "rediss")
+
+
+def _storage_url(name: str, raw: str) -> str | None:
+    """``file:///absolute/dir``, ``s3://bucket[/prefix]`` or ``redis://`` (blank: the REDIS_URL Redis)."""
+    value = raw.strip()
+    if not value:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in STORAGE_SCHEMES:
+        raise SettingsError(f"{name}={raw!r}: must be file:///absolute/dir, s3://bucket/prefix or redis://")
+    scheme = scheme.lower()
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise SettingsError(f"{name}={raw!r}: a file URL needs an absolute path, e.g. file:///srv/s2s/blobs")
+        return "file://" + rest.rstrip("/")
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise SettingsError(f"{name}={raw!r}: an s3 URL names its bucket, e.g. s3://my-bucket/s2s")
+        prefix = prefix.strip("/")
+        return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+    return value
+
+
 def _image_size(name: str, raw: str) -> str | None:
     """``auto`` or ``WIDTHxHEIGHT``; blank means "take it from the kind"."""
     value = raw.strip().lower()
@@ -149,6 +174,18 @@ class Settings:
     trust_proxy: bool = _env("S2S_TRUST_PROXY", _bool, False,
                              "take client address and scheme from X-Forwarded-* (behind Render's proxy)")
     log_level: str = _env("S2S_LOG_LEVEL", _choice(("debug", "info", "warning", "error")), "info", "log level")
+    # --- blob storage (s2s/storage/) ---
+    storage_url: str | None = _env(
+        "S2S_STORAGE_URL", _storage_url, None,
+        "where photos and pictures are kept: file:///dir, s3://bucket/prefix or redis://; unset: redis:// (REDIS_URL)")
+    aws_endpoint_url: str | None = _env("AWS_ENDPOINT_URL", _optional_url, None,
+                                        "S3-compatible endpoint (R2, B2, MinIO); unset: AWS S3 in AWS_REGION")
+    aws_region: str = _env("AWS_REGION", _text, "us-east-1", "region of the S3 bucket (Cloudflare R2: auto)")
+    aws_access_key_id: str | None = _env("AWS_ACCESS_KEY_ID", _optional, None, "S3 access key id", secret=True)
+    aws_secret_access_key: str | None = _env("AWS_SECRET_ACCESS_KEY", _optional, None, "S3 secret access key",
+                                             secret=True)
+    storage_link_seconds: int = _env("S2S_STORAGE_LINK_SECONDS", _int(1, 7 * 86400), 300,
+                                     "how long a presigned picture link (s3 storage) stays valid")
     # --- operating limits ---
     demo: bool = _env("S2S_DEMO", _bool, False, "serve the demo page at / (`s2s up` turns it on unless set)")
     submit_per_minute: int = _env(

@@ -2,6 +2,8 @@
 
 Everything a client can get wrong is answered here as an :class:`InputError`
 carrying the HTTP status, a machine code and a sentence, before anything is queued.
+The photo that passes leaves as :func:`prepare_photo` made it: upright, shrunk, re-encoded and
+stripped of every metadata block, so the uploaded bytes are never stored or forwarded.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import base64
 import binascii
 import io
 import json
+import logging
 import re
 
-from PIL import Image, UnidentifiedImageError
+from attrs import frozen
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from s2s.catalog import Catalog
 from s2s.queue import NewJob
@@ -21,6 +25,24 @@ FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.I)
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 MAX_HERO_NAME = 64
+
+#: The long side of the photo that is kept and sent upstream. The providers draw at most 1536 px a
+#: side (OpenAI 1024x1536, Qwen's configured 1536*1024) and accept up to 3072 (Qwen) and 10 MB:
+#: more input pixels only cost memory, Redis and upload time.
+PHOTO_MAX_SIDE = 1536
+#: One format for every prepared photo: JPEG suits photographs, both providers take it, and it is a
+#: fraction of a PNG's size; a portrait's transparency means nothing to them, so it is flattened.
+PHOTO_TYPE = "image/jpeg"
+PHOTO_JPEG_QUALITY = 90
+_SRGB = ImageCms.createProfile("sRGB")
+
+#: EXIF Orientation -> the turn that shows the photo upright. ImageOps.exif_transpose has the same
+#: table but also rewrites the EXIF block, which fails on corrupt blocks; the block is dropped anyway.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+log = logging.getLogger("s2s.uploads")
 
 
 class InputError(Exception):
@@ -38,6 +60,14 @@ class InputError(Exception):
         if self.details:
             out["details"] = self.details
         return out
+
+
+@frozen
+class Photo:
+    """The prepared copy of the child's photo: the only one stored and sent upstream."""
+
+    data: bytes
+    content_type: str
 
 
 def _field_error(field: str, reason: str, code: str = "invalid_field", status: int = 400) -> InputError:
@@ -93,8 +123,25 @@ def check_fields(data: dict, catalog: Catalog) -> tuple[str, str, str, str, str]
     return hero, theme, style, kind, image
 
 
-def decode_image(value: str, *, max_bytes: int, max_pixels: int) -> tuple[bytes, str]:
-    """Decode a data URL or bare base64 and prove it is a whole JPEG/PNG/WebP of the declared type."""
+def prepare_photo(value: str, *, max_bytes: int, max_pixels: int) -> Photo:
+    """Check the uploaded photo and make the one copy of it that is kept and sent upstream.
+
+    A data URL or bare base64 of a whole JPEG/PNG/WebP of the declared type, refused with its own
+    error otherwise; then upright (EXIF orientation applied), in sRGB (an embedded ICC profile
+    converted, e.g. an iPhone's Display P3), alpha flattened onto white, the long side at most
+    :data:`PHOTO_MAX_SIDE`, and re-encoded as a JPEG with no metadata at all: no EXIF (GPS,
+    camera, time), XMP, ICC, comments or text chunks leave the API.
+    """
+    data, declared = _payload(value, max_bytes=max_bytes)
+    picture, actual = _decode(data, max_pixels)
+    if declared and declared != actual:
+        raise _field_error("originalImageBase64", f"declared as {declared} but the bytes are {actual}",
+                           code="image_type_mismatch")
+    return _clean_copy(picture)
+
+
+def _payload(value: str, *, max_bytes: int) -> tuple[bytes, str | None]:
+    """The bytes of a data URL or bare base64, and the type a data URL declares."""
     declared = None
     value = value.strip()
     match = _DATA_URL.match(value)
@@ -118,14 +165,13 @@ def decode_image(value: str, *, max_bytes: int, max_pixels: int) -> tuple[bytes,
     if len(data) > max_bytes:
         raise InputError(413, "image_too_large", f"The image is larger than {max_bytes} bytes.",
                          {"field": "originalImageBase64", "maxBytes": max_bytes})
-    actual = _verify(data, max_pixels)
-    if declared and declared != actual:
-        raise _field_error("originalImageBase64", f"declared as {declared} but the bytes are {actual}",
-                           code="image_type_mismatch")
-    return data, actual
+    return data, declared
 
 
-def _verify(data: bytes, max_pixels: int) -> str:
+def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+    """Decode it all (a truncated or corrupt file fails here, not in a worker), already shrunk to
+    at most PHOTO_MAX_SIDE: the pixel count is checked from the header first, and a big JPEG is
+    decoded at 1/2..1/8 scale straight from the DCT (``draft``), so it is never held at full size."""
     try:
         with Image.open(io.BytesIO(data), formats=list(FORMATS)) as img:
             width, height = img.size
@@ -134,7 +180,15 @@ def _verify(data: bytes, max_pixels: int) -> str:
                                  f"The image is {width}x{height} pixels; at most {max_pixels} pixels are accepted.",
                                  {"field": "originalImageBase64", "maxPixels": max_pixels})
             kind = FORMATS[img.format]
-            img.load()  # decode it all: a truncated or corrupt file fails here, not in a worker
+            scale = PHOTO_MAX_SIDE / max(width, height)
+            if scale >= 1:
+                img.load()
+                return img, kind
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            drafted = img.draft(None, size)  # JPEG only; no effect (None) for PNG and WebP
+            img.load()
+            return img.resize(size, Image.Resampling.LANCZOS, box=drafted[1] if drafted else None,
+                              reducing_gap=3.0), kind
     except InputError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit (2x MAX_IMAGE_PIXELS) fires before ours
@@ -144,11 +198,58 @@ def _verify(data: bytes, max_pixels: int) -> str:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise _field_error("originalImageBase64", "is not a readable JPEG, PNG or WebP image",
                            code="invalid_image") from None
-    return kind
+
+
+def _clean_copy(picture: Image.Image) -> Photo:
+    """Upright, sRGB, opaque RGB, then a JPEG written from the pixels alone (``info`` emptied: Pillow
+    would otherwise carry a JPEG comment over into the new file)."""
+    turn = _UPRIGHT.get(_orientation(picture))
+    picture = _in_srgb(picture if turn is None else picture.transpose(turn))
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit greyscale PNG: Pillow clips, so scale
+        picture = picture.convert("F").point(lambda v: v / 256).convert("L")
+    if picture.has_transparency_data:
+        rgba = picture.convert("RGBA")
+        picture = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    picture = picture.convert("RGB")
+    picture.info = {}
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=PHOTO_JPEG_QUALITY, optimize=True)
+    return Photo(data=out.getvalue(), content_type=PHOTO_TYPE)
+
+
+def _orientation(picture: Image.Image) -> int:
+    """The EXIF (or XMP tiff:) Orientation. A block too corrupt to read shows the photo as stored,
+    as most viewers do, rather than refusing it."""
+    try:
+        value = picture.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # Pillow's EXIF parser raises struct, type and value errors alike
+        log.info("photo EXIF unreadable, orientation ignored", extra={"error": repr(exc)[:200]})
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _in_srgb(picture: Image.Image) -> Image.Image:
+    """Colours as the camera meant them: an embedded ICC profile converted to sRGB, which is what
+    the providers assume once the profile is gone. A profile lcms cannot use is left out, noted."""
+    icc = picture.info.get("icc_profile")
+    if not icc:
+        return picture
+    if picture.mode == "P":  # a palette PNG: its colours are RGB in that profile
+        picture = picture.convert("RGBA" if picture.has_transparency_data else "RGB")
+    if picture.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        return picture
+    try:
+        return ImageCms.profileToProfile(picture, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _SRGB,
+                                         outputMode="RGBA" if picture.mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+        log.warning("photo colour profile unusable, colours kept as they are",
+                    extra={"mode": picture.mode, "error": str(exc)})
+        return picture
 
 
 def build_job(data: dict, catalog: Catalog, *, max_bytes: int, max_pixels: int) -> NewJob:
     """All the rules, cheap ones first. Raises :class:`InputError`."""
     hero, theme, style, kind, image = check_fields(data, catalog)
-    photo, photo_type = decode_image(image, max_bytes=max_bytes, max_pixels=max_pixels)
-    return NewJob(hero_name=hero, theme_id=theme, style_key=style, kind=kind, photo=photo, photo_type=photo_type)
+    photo = prepare_photo(image, max_bytes=max_bytes, max_pixels=max_pixels)
+    return NewJob(hero_name=hero, theme_id=theme, style_key=style, kind=kind, photo=photo.data,
+                  photo_type=photo.content_type)

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
@@ -21,10 +20,12 @@ import time
 
 import redis.exceptions
 
-from s2s import store, timeouts
+from s2s import redis_memory, timeouts
+from s2s.backoff import Backoff
 from s2s.catalog import Catalog
-from s2s.metrics import UPSTREAM_STARTED, ClusterMetrics, WorkerMetrics
-from s2s.metrics import field as metrics_field
+from s2s.metrics.counters import UPSTREAM_STARTED, WorkerMetrics
+from s2s.metrics.counters import field as metrics_field
+from s2s.metrics.store import ClusterMetrics
 from s2s.provider_state import ProviderHealth
 from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report, call_begins
 from s2s.queue import Claim, Queue
@@ -34,12 +35,7 @@ log = logging.getLogger("s2s.worker")
 
 UNEXPECTED_ERROR = "Something went wrong while making the picture."
 WAIT_FOR_WORK_S = 1.0  # the longest an idle worker blocks on the waiting list (its pool reads allow for it)
-
-
-def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random = random._inst) -> int:
-    """Exponential backoff with equal jitter: half fixed, half random, capped."""
-    ceiling = min(max_ms, base_ms * (2 ** max(0, attempt - 1)))
-    return int(ceiling / 2 + rng.random() * ceiling / 2)
+SETTLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)  # s, between tries to reach Redis with a job's last write
 
 
 class Worker:
@@ -56,7 +52,7 @@ class Worker:
         self._running: dict[str, tuple[Claim, asyncio.Task]] = {}
         self._stop_reason: dict[str, str] = {}  # job id -> "lost" | "cancelled" | "shutdown"
         self._calling: set[str] = set()  # jobs whose upstream call has begun: paid for, never handed back unfinished
-        self._store_full = False  # Redis past its high-water mark (s2s.store): claim nothing new
+        self._store_full = False  # Redis past its high-water mark (s2s.redis_memory): claim nothing new
         self._slot_free = asyncio.Event()
         self._wake = asyncio.Event()
         self._draining = False
@@ -154,7 +150,7 @@ class Worker:
             try:
                 batch = await self.queue.claim(self.id, free)
             except redis.exceptions.RedisError as exc:
-                if store.is_out_of_memory(exc):
+                if redis_memory.is_out_of_memory(exc):
                     self._note_store(self.queue.memory.refused())
                     continue
                 log.warning("cannot claim jobs; retrying", extra={"worker": self.id, "error": str(exc)})
@@ -282,20 +278,20 @@ class Worker:
         heartbeat renews it once Redis is back); if the reaper took it back first, the fencing token
         refuses the late write and the job runs again. Bounded at shutdown by the grace period.
         """
-        delay = 0.25
+        failures = 0
         while True:
             try:
                 return await write()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                log.log(logging.WARNING if delay == 0.25 else logging.DEBUG, "cannot reach Redis to settle a job; "
+                failures += 1
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG, "cannot reach Redis to settle a job; "
                         "retrying", extra={"job": claim.job_id, "worker": self.id, "error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(SETTLE_BACKOFF.delay(failures))
 
     async def _record_failure(self, claim: Claim, message: str, code: str, *, retryable: bool,
                               retry_after: float | None = None, refund: bool = False, ctx: dict) -> None:
-        delay = int(retry_after * 1000) if retry_after else backoff_ms(
-            claim.attempt, self.settings.retry_base_ms, self.settings.retry_max_ms)
+        delay = int(retry_after * 1000) if retry_after else int(Backoff(
+            self.settings.retry_base_ms, self.settings.retry_max_ms, jitter=True).delay(claim.attempt))
         outcome = await self._settle(claim, lambda: self.queue.fail(claim, message, code, retryable=retryable,
                                                                     delay_ms=delay, refund=refund))
         if outcome == 3:
@@ -343,14 +339,14 @@ class Worker:
                 try:
                     await asyncio.shield(self.cluster_metrics.send(self.metrics.counts))
                 except redis.exceptions.RedisError as exc:
-                    if not store.is_out_of_memory(exc):
+                    if not redis_memory.is_out_of_memory(exc):
                         raise
                     # a full store refuses the counters' MULTI: they are kept and sent once it has room
             except redis.exceptions.RedisError as exc:
                 next_beat = 0
                 log.warning("heartbeat failed", extra={"worker": self.id, "error": str(exc)})
 
-    def _note_store(self, fill: store.Fill) -> None:
+    def _note_store(self, fill: redis_memory.Fill) -> None:
         if fill.full != self._store_full:
             log.warning("job store full; claims paused" if fill.full else "job store has room again; claims resume",
                         extra={"worker": self.id, "used_bytes": fill.used, "max_bytes": fill.limit})

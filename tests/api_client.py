@@ -37,8 +37,8 @@ def image(url: str, found: dict) -> tuple[str, bytes]:
     return headers["Content-Type"], data
 
 
-def health(url: str) -> tuple[int, dict]:
-    code, _, raw = http_json("GET", url + "/api/jobs/health")
+def health(url: str, timeout: float = 10) -> tuple[int, dict]:
+    code, _, raw = http_json("GET", url + "/api/jobs/health", timeout=timeout)
     return code, json.loads(raw)
 
 

@@ -14,6 +14,7 @@ import tornado.ioloop
 from s2s.embedded import EmbeddedRedis, free_port
 from s2s.keys import Keys
 from s2s.settings import Settings
+from tests.fakes.s3_server import S3Server
 from tests.helpers import Processes, child_env, http_json, wait_until
 
 
@@ -37,6 +38,14 @@ def redis_url(tmp_path_factory):
         return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False)
     yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API (moto_server) on 127.0.0.1, started on first use, stopped after the session."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto_server.log").start()
+    yield server
     server.stop()
 
 

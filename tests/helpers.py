@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import inspect
 import io
 import os
 import signal
@@ -17,6 +19,7 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
+from s2s.replies import now_ms
 from s2s.settings import Settings
 
 T = TypeVar("T")
@@ -50,6 +53,27 @@ def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_until_async(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+                           what: str = "condition"):
+    """:func:`wait_until` on an event loop: ``check`` may return an awaitable, and the loop runs meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def redis_clock_past(queue, ms: int) -> bool:
+    """Whether Redis's clock, the one the queue stamps and judges leases by, is past ``ms``."""
+    return await now_ms(queue.redis) > ms
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

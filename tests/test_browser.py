@@ -12,10 +12,8 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import psutil
@@ -23,6 +21,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from s2s.embedded import free_port
+from tests.flaky_network import FlakyNetwork
 from tests.helpers import child_env, data_url, http_json, photo_bytes, wait_until
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright never downloads a browser here
@@ -31,6 +30,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(__file__).parent / "artifacts" / "browser"
 ADMIN = "browser-test-token"
+# run by tox's browser env only (tox.ini), which is skipped, saying so, where /usr/bin/chromium is missing
+pytestmark = pytest.mark.browser
 # what the page showed, step by step: (progress bar value, status line), recorded as it changes
 RECORD_STATUS = """
 window.__shown = [];
@@ -82,81 +83,6 @@ class DemoUp:
                 p.kill()
 
 
-class FlakyNetwork:
-    """A TCP hop between the browser and the server that can fail the way networks do.
-
-    ``cut()`` drops every open connection and refuses new ones until ``restore()`` (Wi-Fi gone);
-    ``block_websockets`` closes any connection that asks for a WebSocket upgrade (some proxies).
-    """
-
-    def __init__(self, port: int):
-        self.port = port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/"
-        self.down = self.closed = False
-        self.block_websockets = False
-        self.refused = 0
-        self.open: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                browser, _ = self.server.accept()
-            except OSError:  # the 0.2 s timeout, or closed
-                continue
-            browser.settimeout(None)
-            if self.down:
-                self.refused += 1
-                browser.close()
-                continue
-            server = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-            server.settimeout(None)
-            with self.lock:
-                self.open |= {browser, server}
-            threading.Thread(target=self._pipe, args=(browser, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, browser, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_browser: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if from_browser and self.block_websockets and b"upgrade: websocket" in data.lower():
-                    self.refused += 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._drop(src)
-            self._drop(dst)
-
-    def _drop(self, sock: socket.socket) -> None:
-        with self.lock:
-            self.open.discard(sock)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
-
-    def cut(self) -> None:
-        self.down = True
-        with self.lock:
-            dropping = list(self.open)
-        for sock in dropping:
-            self._drop(sock)
-
-    def restore(self) -> None:
-        self.down = False
-
-    def close(self) -> None:
-        self.closed = True
-        self.cut()
-        self.server.close()
-
-
 class Tab:
     """One page in a fresh Chromium profile: its console, its sockets' frames, numbered screenshots."""
 
@@ -200,6 +126,9 @@ class Tab:
 
 @pytest.fixture(scope="module")
 def playwright():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is not installed: these tests drive Debian's chromium (apt-get install -y chromium; "
+                    "Playwright downloads no browser here)", pytrace=False)
     with sync_playwright() as driver:
         yield driver
 

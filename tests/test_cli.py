@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 
 from s2s.embedded import free_port
 from tests.api_client import job as job_status
+from tests.flaky_network import FlakyNetwork
 from tests.helpers import child_env, photo_bytes, wait_until
 
 
@@ -88,19 +90,86 @@ def test_a_job_accepted_before_a_restart_of_s2s_up_completes_after_it(tmp_path, 
         second.kill()
 
 
-def test_submit_waits_shows_progress_and_saves_the_picture(tmp_path, stack):
-    url = stack.api()
-    stack.worker(S2S_PROVIDER="local")
+def submit_wait(tmp_path, url: str, *args: str, stderr=None, **kwargs):
+    """``s2s submit photo --wait`` as typed in a terminal; a Popen when ``stderr`` is a file, else its result."""
     photo = tmp_path / "kid.png"
     photo.write_bytes(photo_bytes("PNG"))
+    command = [sys.executable, "-m", "s2s", "submit", str(photo), "--hero", "Zoë", "--url", url, "--wait", *args]
+    if stderr is not None:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, **kwargs)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def shown_steps(stderr: str) -> list[tuple[int, str]]:
+    """The progress lines ``s2s submit --wait`` printed: (percent, message)."""
+    return [(int(p), m.strip()) for p, m in re.findall(r"^\[[#.]+\] +(\d+)% (.*)$", stderr, re.MULTILINE)]
+
+
+def test_submit_waits_with_every_progress_step_live_over_ws_and_saves_the_picture(tmp_path, stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="local")
     out = tmp_path / "cover.png"
-    done = subprocess.run([sys.executable, "-m", "s2s", "submit", str(photo), "--hero", "Zoë", "--style", "sketch",
-                           "--kind", "page", "--url", url, "--wait", "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = submit_wait(tmp_path, url, "--style", "sketch", "--kind", "page", "-o", str(out))
     assert done.returncode == 0, done.stderr
-    assert "100%" in done.stderr and done.stdout.strip() == str(out)
+    assert f"live progress from {url.replace('http://', 'ws://')}/ws" in done.stderr
+    assert "polling" not in done.stderr and "instead" not in done.stderr
+    job_id = re.search(r"^job (\S+)$", done.stderr, re.MULTILINE).group(1)
+    # every step the job went through, in order, once: the renderer's steps take milliseconds, so
+    # only the socket (subscribed from seq 0) shows them all; polling every 0.25 s would skip most
+    steps = [(e["progress"], e["message"]) for e in stack.events(job_id) if e["type"] == "job_progress"]
+    assert len(steps) >= 5, steps
+    assert shown_steps(done.stderr) == [s for i, s in enumerate(steps) if i == 0 or s != steps[i - 1]]
+    assert done.stdout.strip() == str(out) and f"saved {out}" in done.stderr
+    noise = [line for line in done.stderr.splitlines() if not re.match(r"job |live progress from |\[|saved ", line)]
+    assert not noise, done.stderr
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.width > picture.height  # a landscape page
+
+
+def test_submit_wait_polls_when_a_proxy_refuses_the_websocket(tmp_path, stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="local")
+    net = FlakyNetwork(int(url.rsplit(":", 1)[1]))
+    net.block_websockets = True
+    try:
+        out = tmp_path / "cover.png"
+        done = submit_wait(tmp_path, net.url, "-o", str(out))
+    finally:
+        net.close()
+    assert done.returncode == 0, done.stderr
+    assert net.refused >= 1, "the socket was tried"
+    assert re.search(r"^s2s submit: no live updates from ws://127\.0\.0\.1:\d+/ws \(.+\); asking for the job's "
+                     r"status every 0\.25 s instead$", done.stderr, re.MULTILINE), done.stderr
+    assert shown_steps(done.stderr)[-1][0] == 100
+    assert done.stdout.strip() == str(out)
+    with Image.open(out) as picture:
+        assert picture.format == "PNG"
+
+
+def test_submit_wait_carries_on_by_polling_when_the_socket_drops(tmp_path, stack):
+    url = stack.api()
+    stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=3000)
+    net = FlakyNetwork(int(url.rsplit(":", 1)[1]))
+    log = tmp_path / "submit.err"
+    out = tmp_path / "cover.png"
+    try:
+        with open(log, "w") as err:
+            cli = submit_wait(tmp_path, net.url, "-o", str(out), stderr=err)
+        try:
+            wait_until(lambda: "live progress from" in log.read_text() and shown_steps(log.read_text()),
+                       timeout=30, what="the first progress line over the socket")
+            net.cut()  # Wi-Fi gone: the socket drops, new connections are refused
+            wait_until(lambda: "the live connection dropped; asking for the job's status" in log.read_text(),
+                       timeout=30, what="s2s submit to say it polls instead")
+            net.restore()
+            stdout, _ = cli.communicate(timeout=60)
+        finally:
+            cli.kill()
+    finally:
+        net.close()
+    assert cli.returncode == 0, log.read_text()
+    assert shown_steps(log.read_text())[-1][0] == 100 and stdout.strip() == str(out)
+    assert out.stat().st_size > 0
 
 
 def test_submit_exits_non_zero_when_the_job_fails(tmp_path, stack):

@@ -23,18 +23,24 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis as redis_lib
 
 from s2s.embedded import EmbeddedRedis, free_port
 from s2s.keys import Keys
-from s2s.web.app import DRAIN_S
 from tests.api_client import health
 from tests.helpers import child_env, data_url, http_json, photo_bytes, wait_until
+from tests.test_render_blueprint import SERVICES
 from tests.test_ws import ORIGIN, Client
+
+# the longest runs of real processes: tox runs them once, in its drills env (tox.ini), not in every Python
+pytestmark = pytest.mark.drill
 
 KEYS = Keys("s2s")
 PHOTO = data_url(photo_bytes())
 ENDED = ("job_completed", "job_failed", "job_cancelled")
+API_KILLED_AFTER_S = SERVICES["snap2story-backend-api"]["maxShutdownDelaySeconds"]  # then Render SIGKILLs it
+PROBE_TIMEOUT_S = 5  # Render fails a health probe with no answer by then (render.com/docs/health-checks)
 
 
 # ---- processes ------------------------------------------------------------------------------------
@@ -328,7 +334,7 @@ def test_a_rolling_restart_of_every_api_and_worker_loses_no_job_and_no_event(sta
     watchers = Watchers(urls, count=4)  # two start on each API
     submitter = Submitter(urls, watchers, max_jobs=150, interval=0.12)  # ~8 a second, bounded
     stopping: dict[int, list[tuple[float, float]]] = {0: [], 1: []}  # API -> (SIGTERM sent, replacement up)
-    exits: list[tuple[str, int, float]] = []  # (what, exit code, seconds from SIGTERM to exit)
+    exits: list[tuple[str, int]] = []  # (what, exit code)
     in_flight: dict = {}
     accepted_during: list[int] = []
     try:
@@ -348,8 +354,8 @@ def test_a_rolling_restart_of_every_api_and_worker_loses_no_job_and_no_event(sta
             if upload is not None:
                 wait_until(lambda: refused(ports[i]), timeout=10, what="the API to stop listening")
                 in_flight["answer"] = upload.finish()  # the rest of the body arrives while the API drains
-            code = apis[i].wait(DRAIN_S + 10)
-            exits.append((f"api {i}", code, time.monotonic() - sent))
+            code = apis[i].wait(API_KILLED_AFTER_S)  # the deadline the platform holds it to
+            exits.append((f"api {i}", code))
             apis[i] = start_api(stack, ports[i])
             stopping[i].append((sent, time.monotonic()))
             accepted_during.append(submitter.count() - mark)
@@ -364,10 +370,9 @@ def test_a_rolling_restart_of_every_api_and_worker_loses_no_job_and_no_event(sta
 
             wait_until(holds_a_job, timeout=20, what="the worker to hold a job")  # so the drain has work to finish
             mark = submitter.count()
-            sent = time.monotonic()
             workers[i].send_signal(signal.SIGTERM)
             code = workers[i].wait(stack.settings.shutdown_grace_ms / 1000 + 10)
-            exits.append((f"worker {i}", code, time.monotonic() - sent))
+            exits.append((f"worker {i}", code))
             workers[i] = stack.worker(**worker_env)
             accepted_during.append(submitter.count() - mark)
 
@@ -398,9 +403,8 @@ def test_a_rolling_restart_of_every_api_and_worker_loses_no_job_and_no_event(sta
     # every close the watchers saw said "going away": 2 when API 0 stopped, then all 4 (moved to API 1) again
     codes = [c for seen in report for c in seen["close_codes"]]
     assert len(codes) >= 6 and set(codes) == {1001}, codes
-    # processes stopped cleanly and in time; the stream went on through every restart
-    assert [(what, code) for what, code, _ in exits] == [("api 0", 0), ("worker 0", 0), ("api 1", 0), ("worker 1", 0)]
-    assert all(took < DRAIN_S + 5 for what, _, took in exits if what.startswith("api")), exits
+    # processes stopped cleanly, each before the platform would have killed it; the stream went on throughout
+    assert exits == [("api 0", 0), ("worker 0", 0), ("api 1", 0), ("worker 1", 0)]
     assert all(n > 0 for n in accepted_during), accepted_during
     # a submit failed only at an API that was stopping, and never with a 5xx elsewhere
     for target, started, outcome in submitter.attempts:
@@ -438,22 +442,19 @@ def test_a_10_s_redis_outage_loses_no_job_and_everything_reconnects_by_itself(st
         own.kill()  # SIGKILL: a crash, no shutdown, no last save
         down_at = time.monotonic()
         probes = []
-        while time.monotonic() - down_at < 10:
-            started = time.monotonic()
-            code, body = health(url)
-            probes.append(("health", code, body.get("status"), time.monotonic() - started))
-            started = time.monotonic()
-            code, body = submit_once(url, f"during-{len(probes)}")
-            probes.append(("submit", code, body.get("code"), time.monotonic() - started))
+        # "at once": each request is given PROBE_TIMEOUT_S, a submit as a health probe; one held until Redis
+        # came back (10 s) would time out and fail the drill
+        while time.monotonic() - down_at < 10 or len(probes) < 8:
+            code, body = health(url, timeout=PROBE_TIMEOUT_S)
+            probes.append(("health", code, body.get("status")))
+            code, body = submit_once(url, f"during-{len(probes)}", timeout=PROBE_TIMEOUT_S)
+            probes.append(("submit", code, body.get("code")))
             time.sleep(0.5)  # pacing the probes through the outage
         own.start()  # the same port and data directory: the AOF brings every job back
-        up_at = time.monotonic()
 
-        assert len(probes) >= 8
-        for what, code, said, took in probes:
+        for what, code, said in probes:
             assert code == 503, probes
             assert said == ("unhealthy" if what == "health" else "redis_unavailable"), probes
-            assert took < 2.5, f"{what} took {took:.1f} s while Redis was down"
 
         # nothing restarted: the API and the workers find Redis again by themselves
         def both_workers_back():
@@ -471,13 +472,11 @@ def test_a_10_s_redis_outage_loses_no_job_and_everything_reconnects_by_itself(st
         watchers.watch(body["jobId"])
         after = [body["jobId"]]
         wait_until(lambda: watchers.all_ended(before + after), timeout=30, what="a new job to complete")
-        recovered_in = time.monotonic() - up_at
         report = watchers.report()
         assert api.poll() is None and all(w.poll() is None for w in workers), "no process was restarted"
         assert_each_completed_exactly_once(r, before + after)
         assert_watchers_saw_every_job_complete(report, before + after)
         assert set(report[0]["close_codes"]) <= {1013}, report[0]["close_codes"]  # 1013: catch-up failed, resubscribe
-        assert recovered_in < 45
     finally:
         if watchers is not None:
             watchers.stop()

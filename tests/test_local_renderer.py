@@ -327,7 +327,29 @@ def test_provider_generates_off_the_loop_and_reports_on_it():
     assert all(m.strip() for _, m, _ in calls)
 
 
-def test_provider_runs_jobs_side_by_side():
+def test_provider_runs_jobs_side_by_side(monkeypatch):
+    """Four jobs on a pool of two: two renders at once (they meet inside render), never three, each its own."""
+    lock = threading.Lock()
+    entered, in_flight, peak = 0, 0, 0
+    first_two_meet = threading.Barrier(2, timeout=10)  # broken, and the render fails, if they run one by one
+
+    def counted(*args, **kwargs):
+        nonlocal entered, in_flight, peak
+        with lock:
+            entered += 1
+            in_flight += 1
+            peak = max(peak, in_flight)
+            meet = entered <= 2
+        try:
+            if meet:
+                first_two_meet.wait()
+            return render(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr("s2s.providers.local.render", counted)
+
     async def main():
         provider = LocalProvider(max_workers=2)
 
@@ -340,7 +362,10 @@ def test_provider_runs_jobs_side_by_side():
             await provider.close()
 
     images = asyncio.run(main())
-    assert len({img.data for img in images}) == len(STYLES)
+    assert (entered, peak) == (len(STYLES), 2)
+    for style, image in zip(STYLES, images, strict=True):  # no job got another's picture, nor a mix of two
+        got = Image.open(io.BytesIO(image.data))
+        assert got.tobytes() == draw_picture(style, "page", "space").tobytes(), style
 
 
 def test_provider_stops_when_the_report_fails():

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from s2s.embedded import free_port
-from s2s.metrics import WorkerMetrics
+from s2s.metrics.counters import WorkerMetrics
 from tests.api_client import submit, wait_ended
 from tests.fakes.openai_server import FakeOpenAI, Reply, rate_limited, server_error
 from tests.helpers import child_env, http_json, wait_until

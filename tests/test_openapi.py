@@ -4,7 +4,8 @@ schemathesis drives real ``s2s serve`` processes (and a worker) through every de
 operation with generated valid and invalid input: no answer may be a 5xx, and each must
 have a documented status, content type, headers and body. The description it uses is the
 one the API serves, made strict: an answer field the description does not list fails.
-A route of make_app that the description leaves out fails the route test.
+A route of make_app whose handler has no ``@describe`` cannot be served at all, and one
+described with other methods than it serves fails the route test.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from schemathesis.engine import events, from_schema
 from s2s.catalog import Catalog
 from s2s.queue import Queue
 from s2s.settings import Settings
+from s2s.web import describe as d
 from s2s.web import handlers as h
 from s2s.web.app import make_app
 from s2s.web.openapi import build
@@ -55,6 +57,11 @@ def routes(settings: Settings) -> list[tuple[re.Pattern, type]]:
     return [(rule.matcher.regex, rule.target) for rule in make_app(ctx).wildcard_router.rules]
 
 
+def described(settings: Settings) -> dict:
+    """The description make_app serves with these settings, built from its handlers as the app builds it."""
+    return build(settings, Catalog.load(), [handler for _, handler in routes(settings)])
+
+
 def implemented(handler: type) -> set[str]:
     return {m for m in METHODS if getattr(handler, m) is not getattr(tornado.web.RequestHandler, m)}
 
@@ -69,20 +76,40 @@ def concrete(path: str) -> str:
 def test_every_route_is_described_with_the_methods_it_serves(settings, demo, token):
     settings = attrs.evolve(settings, demo=demo, admin_token=token)
     table = routes(settings)
-    doc = build(settings, Catalog.load())
-    described = {path: {m for m in item if m in METHODS} for path, item in doc["paths"].items()}
+    doc = described(settings)
+    methods = {path: {m for m in item if m in METHODS} for path, item in doc["paths"].items()}
     for regex, handler in table:
-        paths = [p for p in described if regex.match(concrete(p))]
-        assert paths, f"route {regex.pattern} ({handler.__name__}) is missing from s2s/web/openapi.py"
+        paths = [p for p in methods if regex.match(concrete(p))]
+        assert paths, f"route {regex.pattern} ({handler.__name__}) is not described"
         for path in paths:
-            assert described[path] == implemented(handler), f"{path}: described methods are not the served ones"
-    for path in described:
+            assert methods[path] == implemented(handler), f"{path}: described methods are not the served ones"
+    for path in methods:
         assert any(regex.match(concrete(path)) for regex, _ in table), f"{path} is described but not served"
-    assert ("/" in described) is demo
+    assert ("/" in methods) is demo
+
+
+def test_a_handler_without_a_description_cannot_be_served(settings):
+    class Undescribed(h.ApiHandler):
+        def get(self) -> None:
+            self.answer({})
+
+    @d.describe("/api/inherited", get=d.operation("getInherited", "meta", "Inherits no description",
+                                                    {200: d.answer({"type": "object"}, "Nothing.")}))
+    class Described(h.ApiHandler):
+        def get(self) -> None:
+            self.answer({})
+
+    class Subclass(Described):  # a subclass serves its own route: it does not borrow its parent's description
+        pass
+
+    assert "/api/inherited" in build(settings, Catalog.load(), [Described])["paths"]
+    for handler in (Undescribed, Subclass):
+        with pytest.raises(TypeError, match=f"{handler.__name__} serves a route but has no @describe"):
+            build(settings, Catalog.load(), [Described, handler])
 
 
 def test_the_description_is_valid_openapi_3_1(settings):
-    doc = build(settings, Catalog.load())
+    doc = described(settings)
     schemathesis.openapi.from_dict(doc).validate()  # the OpenAPI 3.1 meta-schema
     for component in doc["components"]["schemas"].values():
         jsonschema_rs.meta.validate(component)  # each a valid JSON Schema 2020-12
@@ -104,7 +131,7 @@ def test_the_api_serves_its_description(stack, settings):
     status, headers, raw = http_json("GET", url + "/api/openapi.json")
     assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
     served = json.loads(raw)
-    assert served == json.loads(json.dumps(build(attrs.evolve(settings, admin_token=TOKEN), Catalog.load())))
+    assert served == json.loads(json.dumps(described(attrs.evolve(settings, admin_token=TOKEN))))
     assert served["openapi"] == "3.1.0" and "/ws" in served["info"]["description"]
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from tests.api_client import cancel, health, image, job, submit, wait_ended
 from tests.fakes.openai_server import (
@@ -44,7 +46,8 @@ def test_a_cover_is_drawn_by_openai_from_the_photo_the_prompt_and_the_key(stack,
     assert image(url, done) == ("image/png", FINAL_IMAGE)
     (sent,) = openai_fake.requests
     assert sent.path == "/v1/images/edits" and sent.headers["Authorization"] == f"Bearer {openai_fake.key}"
-    assert sent.files["image"] == ("hero.jpg", "image/jpeg", photo)
+    assert sent.files["image"][:2] == ("hero.jpg", "image/jpeg")
+    assert Image.open(io.BytesIO(sent.files["image"][2])).size == (320, 400)  # the prepared copy (test_uploads.py)
     assert {k: sent.fields[k] for k in ("model", "size", "quality", "stream", "partial_images", "n")} == {
         "model": "gpt-image-2", "size": "1024x1536", "quality": "medium", "stream": "true", "partial_images": "2",
         "n": "1"}
@@ -67,7 +70,7 @@ def test_model_size_and_quality_come_from_settings(stack, openai_fake):
     (sent,) = openai_fake.requests
     assert (sent.fields["model"], sent.fields["size"], sent.fields["quality"], sent.fields["partial_images"]) == (
         "gpt-image-2.5-flare", "1536x864", "high", "0")
-    assert sent.files["image"][:2] == ("hero.png", "image/png")
+    assert sent.files["image"][:2] == ("hero.jpg", "image/jpeg"), "every photo is prepared as a JPEG at intake"
 
 
 def test_a_429_waits_for_retry_after_and_keeps_the_attempt(stack, openai_fake):

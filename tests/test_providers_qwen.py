@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import pytest
+from PIL import Image
 
 from tests.api_client import cancel, health, image, job, submit, wait_ended
 from tests.fakes.qwen_server import (
@@ -51,7 +53,8 @@ def test_a_page_is_drawn_by_qwen_and_its_picture_fetched_from_the_url_it_names(s
     (message,) = body["input"]["messages"]
     (picture, text) = message["content"]
     header, _, payload = picture["image"].partition(",")
-    assert header == "data:image/png;base64" and base64.b64decode(payload) == photo
+    assert header == "data:image/jpeg;base64", "every photo is prepared as a JPEG at intake (test_uploads.py)"
+    assert Image.open(io.BytesIO(base64.b64decode(payload))).size == Image.open(io.BytesIO(photo)).size
     assert 'named "Ada {hero}"' in text["text"] and "coral reefs" in text["text"] and "watercolor" in text["text"]
     (download,) = qwen_fake.downloads
     assert download.raw_path.endswith("?" + SIGNATURE), "the signed URL was fetched exactly as given"

@@ -10,8 +10,9 @@ import attrs
 import pytest
 
 from s2s.models import JobStatus
-from s2s.queue import MAX_REFUNDS, IdempotencyConflict, NewJob, Queue
-from tests.helpers import photo_bytes
+from s2s.queue import MAX_REFUNDS, IdempotencyConflict, IdempotencyKey, NewJob, Queue
+from s2s.replies import now_ms
+from tests.helpers import photo_bytes, redis_clock_past, wait_until_async
 
 PHOTO = photo_bytes("PNG", (64, 64))
 
@@ -32,18 +33,6 @@ def run(settings, body, **changes):
             await queue.close()
 
     return asyncio.run(main())
-
-
-async def poll(check, timeout=10.0, what="condition"):
-    """Await ``check()`` until truthy, bounded by ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def test_claim_moves_a_job_from_waiting_to_processing(settings):
@@ -78,7 +67,7 @@ def test_a_worker_whose_lease_was_taken_cannot_finish_the_job(settings):
         job_id, _ = await q.enqueue(job())
         (stale,) = (await q.claim("worker-a", 1)).claims
         # worker-a stops renewing its lease; the reaper takes the job back
-        await poll(q.reap, what="lease expiry")
+        await wait_until_async(q.reap, what="lease expiry")
         (fresh,) = (await q.claim("worker-b", 1)).claims
         assert fresh.fence != stale.fence and fresh.attempt == 2
         assert not await q.progress(stale, 90, "still here")
@@ -95,31 +84,52 @@ def test_a_worker_whose_lease_was_taken_cannot_finish_the_job(settings):
 
 
 def test_heartbeat_keeps_a_lease_alive(settings):
-    async def body(q: Queue):
-        await q.enqueue(job())
-        (claim,) = (await q.claim("w1", 1)).claims
-        for _ in range(6):  # 6 x 200 ms > the 500 ms lease
-            assert await q.heartbeat("w1", {"pid": 1}, [claim]) == []
-            await asyncio.sleep(0.2)
-            assert await q.reap() == 0
-        assert await q.complete(claim, b"img", "image/png", "noop")
+    """Two jobs claimed together; only one is renewed. Judged on Redis's clock, the one the reaper uses."""
 
-    run(settings, body, lease_ms=500)
+    async def body(q: Queue):
+        await q.enqueue(job("kept"))
+        await q.enqueue(job("dropped"))
+        kept, dropped = (await q.claim("w1", 2)).claims
+        claimed_at = await now_ms(q.redis)
+        lease = q.settings.lease_ms
+        reaped = 0
+
+        async def renew_and_reap():
+            nonlocal reaped
+            beat = await now_ms(q.redis)
+            assert await q.heartbeat("w1", {"pid": 1}, [kept]) == []
+            assert await q.redis.zscore(q.keys.active, kept.job_id) >= beat + lease, "the lease moved on"
+            await wait_until_async(lambda: redis_clock_past(q, beat + lease // 4), what="a quarter lease")
+            reaped += await q.reap()  # the kept job was renewed a quarter lease ago: never taken
+            now = await now_ms(q.redis)
+            return now > claimed_at + 2 * lease  # both leases as first claimed are long over
+
+        await wait_until_async(renew_and_reap, timeout=30, interval=0, what="two lease times of heartbeats")
+        assert reaped == 1, "the job without heartbeats was taken back, the renewed one was not"
+        assert (await q.get(dropped.job_id)).status is JobStatus.QUEUED
+        assert await q.complete(kept, b"img", "image/png", "noop")
+        assert not await q.complete(dropped, b"img", "image/png", "noop")
+
+    run(settings, body, lease_ms=1000)
 
 
 def test_failures_retry_with_backoff_then_fail_with_the_error_kept(settings):
     async def body(q: Queue):
         job_id, _ = await q.enqueue(job())
-        for attempt in (1, 2):
-            (claim,) = (await poll(lambda: _claims(q), what=f"attempt {attempt}")).claims
+        not_before, early = 0, []  # on Redis's clock: no claim of the next attempt before its delay is over
+        for attempt in (1, 2, 3):
+            (claim,) = early or (await wait_until_async(lambda: _claims(q), what=f"attempt {attempt}")).claims
+            assert await now_ms(q.redis) >= not_before, f"attempt {attempt} was claimed before its delay was over"
             assert claim.attempt == attempt
+            if attempt == 3:
+                break
+            not_before = await now_ms(q.redis) + 300
             assert await q.fail(claim, f"upstream broke {attempt}", "upstream", retryable=True, delay_ms=300) == 2
             state = await q.get(job_id)
-            assert state.status is JobStatus.QUEUED and state.retry_at is not None
+            assert state.status is JobStatus.QUEUED and state.retry_at >= not_before
             assert state.to_json()["lastError"] == f"upstream broke {attempt}"
             assert (await q.stats()).delayed == 1
-            assert (await q.claim("w", 1)).claims == []  # not before the delay
-        (claim,) = (await poll(lambda: _claims(q), what="attempt 3")).claims
+            early = (await q.claim("w", 1)).claims  # at once: nothing, unless this test stalled past the delay
         assert await q.fail(claim, "upstream broke 3", "upstream", retryable=True, delay_ms=300) == 3
         state = await q.get(job_id)
         assert state.status is JobStatus.FAILED and state.attempts == 3
@@ -178,7 +188,7 @@ def test_refunds_stop_after_a_limit_so_an_endless_429_still_ends(settings):
         job_id, _ = await q.enqueue(job())
         outcomes = []
         for _ in range(MAX_REFUNDS + 2):
-            (claim,) = (await poll(lambda: _claims(q), what="the retry")).claims
+            (claim,) = (await wait_until_async(lambda: _claims(q), what="the retry")).claims
             outcomes.append(await q.fail(claim, "Busy upstream", "rate_limited", retryable=True, delay_ms=0,
                                          refund=True))
             if outcomes[-1] == 3:
@@ -218,7 +228,7 @@ def test_ended_jobs_and_their_images_expire_after_the_retention_time(settings, r
         async def gone():
             return await q.get(job_id) is None and await q.result(job_id) is None
 
-        await poll(gone, timeout=5, what="expiry")
+        await wait_until_async(gone, timeout=5, what="expiry")
         assert (await q.stats()).completed == 0
 
     run(settings, body, retention_seconds=1)
@@ -258,12 +268,15 @@ def test_a_cancelled_job_never_runs_and_a_running_one_is_fenced_out(settings):
 
 def test_idempotency_key_returns_the_same_job_even_when_racing(settings):
     async def body(q: Queue):
-        results = await asyncio.gather(*[q.enqueue(job(), "key-1") for _ in range(20)])
+        key = IdempotencyKey("203.0.113.1", "key-1")
+        results = await asyncio.gather(*[q.enqueue(job(), key) for _ in range(20)])
         assert len({job_id for job_id, _ in results}) == 1
         assert sum(created for _, created in results) == 1
         assert (await q.stats()).waiting == 1
         with pytest.raises(IdempotencyConflict):
-            await q.enqueue(job("someone else"), "key-1")
+            await q.enqueue(job("someone else"), key)
+        other, created = await q.enqueue(job(), IdempotencyKey("203.0.113.2", "key-1"))  # another client's key
+        assert created and other != results[0][0]
 
     run(settings, body)
 
@@ -314,14 +327,15 @@ def test_every_event_is_published_with_a_rising_seq(settings):
     async def body(q: Queue):
         pubsub = q.redis.pubsub()
         await pubsub.subscribe(q.keys.events_channel)
-        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        confirmed = await wait_until_async(lambda: pubsub.get_message(timeout=0.5), what="the subscription")
+        assert confirmed["type"] == "subscribe"  # from now on nothing published is missed
         job_id, _ = await q.enqueue(job())
         (claim,) = (await q.claim("w", 1)).claims
         await q.progress(claim, 50, "Halfway")
         await q.complete(claim, b"img", "image/png", "noop")
         frames = []
         while len(frames) < 4:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
             assert message is not None, f"only {frames} arrived"
             frames.append(json.loads(message["data"]))
         await pubsub.aclose()

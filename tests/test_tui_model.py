@@ -12,12 +12,21 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from s2s.backoff import Backoff
 from s2s.embedded import free_port
-from tui.client import ApiClient, ApiError, Backoff, ConnectionState, ConnectionStatus, Unauthorised, Unreachable
+from s2s.models import StatsSnapshot
+from tui.client import (
+    RECONNECT_BACKOFF,
+    ApiClient,
+    ApiError,
+    ConnectionState,
+    ConnectionStatus,
+    Unauthorised,
+    Unreachable,
+)
 from tui.model import (
     JobEvent,
     JobInfo,
-    QueueStats,
     Throughput,
     ThroughputView,
     WorkerInfo,
@@ -56,7 +65,7 @@ def test_api_times_parse_with_their_z():
 
 # ---- API bodies ------------------------------------------------------------------------------------
 def test_stats_body_with_an_empty_queue():
-    stats = QueueStats.from_json({"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0,
+    stats = StatsSnapshot.from_json({"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0,
                                   "cancelled": 0, "paused": True, "totals": {}, "oldestWaitingAgeMs": None,
                                   "durationMs": {"p50": None, "p95": None, "sample": 0}})
     assert stats.paused and stats.p50_ms is None and stats.oldest_waiting_age_ms is None and stats.totals == {}
@@ -127,7 +136,7 @@ def test_throughput_averages_over_the_last_minute_of_readings():
 
 # ---- connection state --------------------------------------------------------------------------------
 def test_backoff_doubles_up_to_its_ceiling():
-    assert [Backoff().delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert [RECONNECT_BACKOFF.delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
 def test_connection_reconnects_with_backoff_and_recovers():
@@ -146,7 +155,7 @@ def test_connection_reconnects_with_backoff_and_recovers():
 
 
 def test_unauthorised_keeps_polling_at_the_normal_pace():
-    status = ConnectionStatus().failed(5.0, Unauthorised("The operator token is wrong.", 403), Backoff())
+    status = ConnectionStatus().failed(5.0, Unauthorised("The operator token is wrong.", 403), RECONNECT_BACKOFF)
     assert status.state is ConnectionState.UNAUTHORISED and status.due(5.0)
 
 

@@ -6,6 +6,7 @@ import io
 import json
 import signal
 
+import pytest
 from PIL import Image
 
 from tests.api_client import job as status
@@ -48,6 +49,7 @@ def test_a_photo_becomes_a_storybook_cover_end_to_end(stack):
     assert [e["seq"] for e in stack.events(job_id)] == list(range(1, len(stack.events(job_id)) + 1))
 
 
+@pytest.mark.drill  # a process killed, frozen or drained: tox's drills env
 def test_a_job_whose_worker_is_killed_completes_once_on_another(stack):
     url = stack.api()
     doomed = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=20000)
@@ -65,6 +67,7 @@ def test_a_job_whose_worker_is_killed_completes_once_on_another(stack):
     assert (stats["completed"], stats["active"], stats["waiting"]) == (1, 0, 0)
 
 
+@pytest.mark.drill  # a process killed, frozen or drained: tox's drills env
 def test_a_frozen_worker_cannot_complete_a_job_taken_over_by_another(stack):
     url = stack.api()
     frozen = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=3000)
@@ -104,6 +107,7 @@ def test_a_job_that_fails_once_completes_on_its_second_attempt(stack):
     assert job["attempts"] == 2
 
 
+@pytest.mark.drill  # a process killed, frozen or drained: tox's drills env
 def test_sigterm_lets_a_running_job_finish_then_exits(stack):
     url = stack.api()
     worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=1500, S2S_SHUTDOWN_GRACE_MS=10000)
@@ -115,6 +119,7 @@ def test_sigterm_lets_a_running_job_finish_then_exits(stack):
     assert not stack.redis.zrange(stack.keys.workers, 0, -1), "a drained worker leaves the registry"
 
 
+@pytest.mark.drill  # a process killed, frozen or drained: tox's drills env
 def test_sigterm_past_the_upstream_timeout_and_grace_hands_the_job_back_without_using_an_attempt(stack):
     url = stack.api()
     worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=30000, S2S_UPSTREAM_TIMEOUT_MS=1000,

@@ -19,7 +19,8 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.worker import Worker
 
-from tui.client import ApiClient, ApiError, Backoff, ConnectionStatus, ConsoleSource, Unauthorised
+from s2s.backoff import Backoff
+from tui.client import RECONNECT_BACKOFF, ApiClient, ApiError, ConnectionStatus, ConsoleSource, Unauthorised
 from tui.model import ActionOutcome, Clock, JobInfo, Throughput, retried_sentence, short_id
 from tui.screens import ConfirmScreen, ConsoleScreen, HelpScreen, JobDetailScreen, MainScreen
 from tui.widgets import JobsTable
@@ -51,7 +52,7 @@ class ConsoleApp(App[None]):
     connection: reactive[ConnectionStatus] = reactive(ConnectionStatus)
 
     def __init__(self, source: ConsoleSource, *, clock: Clock = time.time, refresh_interval: float = 1.0,
-                 job_limit: int = 25, backoff: Backoff = Backoff(), throughput: Throughput | None = None):
+                 job_limit: int = 25, backoff: Backoff = RECONNECT_BACKOFF, throughput: Throughput | None = None):
         super().__init__()
         self.source = source
         self.clock = clock

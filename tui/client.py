@@ -16,7 +16,9 @@ from typing import Protocol
 import aiohttp
 from attrs import evolve, frozen
 
-from tui.model import JOB_STATES, JobDetail, JobEvent, JobInfo, QueueStats, WorkerInfo, merge_job_lists
+from s2s.backoff import Backoff
+from s2s.models import StatsSnapshot
+from tui.model import JOB_STATES, JobDetail, JobEvent, JobInfo, WorkerInfo, merge_job_lists
 
 
 class ApiError(Exception):
@@ -42,7 +44,7 @@ class ConsoleSource(Protocol):
 
     url: str
 
-    async def stats(self) -> QueueStats: ...
+    async def stats(self) -> StatsSnapshot: ...
     async def workers(self, now: float) -> tuple[WorkerInfo, ...]: ...
     async def jobs(self, limit: int) -> tuple[JobInfo, ...]: ...
     async def job_detail(self, job_id: str) -> JobDetail: ...
@@ -99,8 +101,8 @@ class ApiClient:
         return body
 
     # ---- reading ---------------------------------------------------------------------------
-    async def stats(self) -> QueueStats:
-        return _parse(QueueStats.from_json, await self.request("GET", "/api/jobs/stats"))
+    async def stats(self) -> StatsSnapshot:
+        return _parse(StatsSnapshot.from_json, await self.request("GET", "/api/jobs/stats"))
 
     async def workers(self, now: float) -> tuple[WorkerInfo, ...]:
         body = await self.request("GET", "/api/workers")
@@ -179,16 +181,9 @@ class ConnectionState(str, enum.Enum):
     UNAUTHORISED = "unauthorised"
 
 
-@frozen
-class Backoff:
-    """How long to wait before the next try after ``failures`` failed refreshes in a row."""
-
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 8.0
-
-    def delay(self, failures: int) -> float:
-        return min(self.maximum, self.initial * self.factor ** max(0, failures - 1))
+#: How long to wait before the next try after failed refreshes in a row (no jitter: one console,
+#: and the connection bar shows the wait).
+RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=8.0)
 
 
 @frozen

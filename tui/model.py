@@ -75,36 +75,7 @@ def short_id(job_id: str, length: int = 10) -> str:
     return job_id if len(job_id) <= length else job_id[:length] + "…"
 
 
-# ---- API bodies ----------------------------------------------------------------------------
-@frozen
-class QueueStats:
-    """The body of GET /api/jobs/stats."""
-
-    waiting: int
-    active: int
-    delayed: int
-    completed: int
-    failed: int
-    cancelled: int
-    paused: bool
-    totals: Mapping[str, int]
-    oldest_waiting_age_ms: int | None = None
-    p50_ms: int | None = None
-    p95_ms: int | None = None
-    duration_sample: int = 0
-
-    @classmethod
-    def from_json(cls, body: Mapping) -> QueueStats:
-        durations = body.get("durationMs") or {}
-        return cls(
-            waiting=int(body["waiting"]), active=int(body["active"]), delayed=int(body.get("delayed", 0)),
-            completed=int(body["completed"]), failed=int(body["failed"]), cancelled=int(body.get("cancelled", 0)),
-            paused=bool(body.get("paused", False)),
-            totals={str(k): int(v) for k, v in (body.get("totals") or {}).items()},
-            oldest_waiting_age_ms=body.get("oldestWaitingAgeMs"),
-            p50_ms=durations.get("p50"), p95_ms=durations.get("p95"), duration_sample=int(durations.get("sample", 0)))
-
-
+# ---- API bodies (GET /api/jobs/stats: s2s.models.StatsSnapshot, shared with the API) --------
 @frozen
 class WorkerInfo:
     """One entry of GET /api/workers; ``seen_at`` turns the server's age into a time this console can age."""

@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 import pykka
 from tornado.ioloop import IOLoop
 
-from s2s.metrics import EVENTS_DELIVERED_FIELD, Counts
+from s2s.metrics.counters import EVENTS_DELIVERED_FIELD, Counts
 from s2s.web.frames import Event, event_text, wire
 
 log = logging.getLogger("s2s.ws")
@@ -108,7 +108,7 @@ class JobRegistry(pykka.ThreadingActor):
             elif isinstance(message, Resync):
                 self._resync()
             else:
-                log.warning("registry got an unknown message", extra={"message": repr(message)[:200]})
+                log.warning("registry got an unknown message", extra={"message": type(message).__name__})
         except Exception:  # one bad message must not stop live updates for everyone
             log.exception("registry failed on a message", extra={"message": type(message).__name__})
 

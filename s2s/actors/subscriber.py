@@ -18,14 +18,14 @@ import redis
 from s2s import connections
 from s2s.actors.registry import Publish, Resync
 from s2s.settings import Settings
+from s2s.backoff import Backoff
 from s2s.web.frames import Event, parse_event
 
 log = logging.getLogger("s2s.ws")
 
 POLL_S = 0.2  # how long one read waits: also how fast the thread notices it should stop
 BURST = 512  # events read back to back before they are handed over as one batch
-BACKOFF_FIRST_S = 0.1
-BACKOFF_MAX_S = 5.0
+RECONNECT = Backoff(initial=0.1, maximum=5.0)  # s, between tries to rejoin the channel
 
 
 class Subscriber(pykka.ThreadingActor):
@@ -45,14 +45,14 @@ class Subscriber(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout=POLL_S * 10 + BACKOFF_MAX_S)
+            self._thread.join(timeout=POLL_S * 10 + RECONNECT.maximum)
 
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
     # ---- the listening thread -----------------------------------------------------------------
     def _listen_forever(self) -> None:
-        backoff = BACKOFF_FIRST_S
+        failures = 0
         while not self._stopping.is_set():
             client = connections.sync_client(self.settings)
             pubsub = client.pubsub()
@@ -61,15 +61,16 @@ class Subscriber(pykka.ThreadingActor):
                 self._read(pubsub)
             except Exception as exc:  # whatever broke the link, listening must resume
                 if self._connected.is_set():
-                    backoff = BACKOFF_FIRST_S  # it had been working: start the backoff over
+                    failures = 0  # it had been working: start the backoff over
+                failures += 1
                 self._connected.clear()
+                backoff = RECONNECT.delay(failures)
                 if isinstance(exc, (redis.RedisError, OSError)):
-                    log.log(logging.WARNING if backoff == BACKOFF_FIRST_S else logging.DEBUG,
+                    log.log(logging.WARNING if failures == 1 else logging.DEBUG,
                             "events channel unreachable; retrying", extra={"error": str(exc), "retry_in_s": backoff})
                 else:
                     log.exception("events listener failed; restarting it", extra={"retry_in_s": backoff})
                 self._stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
             finally:
                 self._connected.clear()
                 try:

@@ -80,3 +80,20 @@ local function claim_jobs(k, a)
   end
   return out
 end
+
+-- A sliding window over a ZSET of tokens scored by their time (ms): at most `limit` in any
+-- `window_ms`. Returns 0 when one more fits, else the ms until the oldest leaves the window.
+-- Takes nothing; window_add records a token.
+local function window_wait(key, now, limit, window_ms)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_ms)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return math.max(1, tonumber(oldest[2]) + window_ms - now)
+  end
+  return 0
+end
+
+local function window_add(key, now, window_ms, token)
+  redis.call('ZADD', key, now, token)
+  redis.call('PEXPIRE', key, window_ms)
+end

@@ -32,24 +32,24 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None,
     """The API; with ``live`` (the running actors) also the /ws socket, with ``metrics`` its share of /metrics."""
     route = r"/api/jobs/" + h.JOB_ID
     sockets = [(r"/ws", JobSocket, {"live": live})] if live is not None else []
+    routes = [
+        *sockets,
+        (r"/api/jobs/generate-image", h.GenerateImageHandler, {"ctx": ctx}),
+        (r"/api/jobs/stats", h.StatsHandler, {"ctx": ctx}),
+        (r"/api/jobs/health", h.HealthHandler, {"ctx": ctx}),
+        (route + r"/status", h.JobStatusHandler, {"ctx": ctx}),
+        (route + r"/image", h.JobImageHandler, {"ctx": ctx}),
+        (route + r"/cancel", h.CancelHandler, {"ctx": ctx}),
+        (route + r"/retry", h.RetryHandler, {"ctx": ctx}),
+        (r"/api/queue/pause", h.PauseHandler, {"ctx": ctx}),
+        (r"/api/queue/resume", h.ResumeHandler, {"ctx": ctx}),
+        (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
+        (r"/metrics", MetricsHandler, {"ctx": ctx, "process": metrics}),
+        *operator_routes(ctx),
+        *browser_routes(ctx.settings),  # /static/s2s-client.js; the demo page at / with S2S_DEMO
+    ]
     return tornado.web.Application(
-        [
-            *sockets,
-            (r"/api/jobs/generate-image", h.GenerateImageHandler, {"ctx": ctx}),
-            (r"/api/jobs/stats", h.StatsHandler, {"ctx": ctx}),
-            (r"/api/jobs/health", h.HealthHandler, {"ctx": ctx}),
-            (route + r"/status", h.JobStatusHandler, {"ctx": ctx}),
-            (route + r"/image", h.JobImageHandler, {"ctx": ctx}),
-            (route + r"/cancel", h.CancelHandler, {"ctx": ctx}),
-            (route + r"/retry", h.RetryHandler, {"ctx": ctx}),
-            (r"/api/queue/pause", h.PauseHandler, {"ctx": ctx}),
-            (r"/api/queue/resume", h.ResumeHandler, {"ctx": ctx}),
-            (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
-            (r"/metrics", MetricsHandler, {"ctx": ctx, "process": metrics}),
-            openapi_route(ctx),
-            *operator_routes(ctx),
-            *browser_routes(ctx.settings),  # /static/s2s-client.js; the demo page at / with S2S_DEMO
-        ],
+        [*routes, openapi_route(ctx, routes)],  # described from the handlers of these routes
         default_handler_class=h.NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,

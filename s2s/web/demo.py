@@ -15,6 +15,7 @@ from pathlib import Path
 import tornado.web
 
 from s2s.settings import Settings
+from s2s.web.describe import describe, error, operation
 from s2s.web.handlers import _STATUS_NAMES
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -27,6 +28,19 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+def served_files(settings: Settings) -> frozenset[str]:
+    return CLIENT_FILES | DEMO_FILES if settings.demo else CLIENT_FILES
+
+
+@describe("/static/{file}", get=lambda settings, catalog: operation(
+    "getStaticFile", "meta", "The browser client module `s2s-client.js` (and, with S2S_DEMO, the demo page's files)",
+    description="Public code: sent with `Access-Control-Allow-Origin: *` so frontends on other origins can import it; "
+                "revalidated by ETag on every use.",
+    parameters=[{"name": "file", "in": "path", "required": True, "schema": {"enum": sorted(served_files(settings))}}],
+    responses={200: {"description": "The file.", "headers": {"ETag": {"required": True, "schema": {"type": "string"}}},
+                     "content": {"text/javascript": {"schema": {"type": "string"}},
+                                 "text/css": {"schema": {"type": "string"}}}},
+               404: error("No such file.", "not_found")}))
 class StaticHandler(tornado.web.StaticFileHandler):
     """A fixed set of files from ``static/``; ETag-revalidated on every use, so an upgrade shows at once."""
 
@@ -66,6 +80,9 @@ class StaticHandler(tornado.web.StaticFileHandler):
         self.finish(json.dumps({"error": message, "code": _STATUS_NAMES.get(status_code, "error")}))
 
 
+@describe("/", get=operation(
+    "getDemoPage", "meta", "The demo page (S2S_DEMO; without it, / is a 404 like any unknown path)",
+    {200: {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}}))
 class DemoPageHandler(StaticHandler):
     """``/``: the demo page, with a Content-Security-Policy that allows only its own files."""
 
@@ -83,8 +100,7 @@ class DemoPageHandler(StaticHandler):
 
 def browser_routes(settings: Settings) -> list[tuple]:
     """The client module for every deployment; the demo page and its files only with ``settings.demo``."""
-    files = CLIENT_FILES | DEMO_FILES if settings.demo else CLIENT_FILES
-    routes: list[tuple] = [(r"/static/(.+)", StaticHandler, {"path": str(STATIC_DIR), "files": files})]
+    routes: list[tuple] = [(r"/static/(.+)", StaticHandler, {"path": str(STATIC_DIR), "files": served_files(settings)})]
     if settings.demo:
         routes.append((r"/", DemoPageHandler, {"path": str(STATIC_DIR), "files": frozenset({"index.html"})}))
     return routes

@@ -18,20 +18,25 @@ import redis.exceptions
 import tornado.web
 from attrs import Factory, field, frozen
 
-from s2s import provider_state, store, uploads
+from s2s import logs, provider_state, redis_memory, uploads
 from s2s.admission import Admission, Refusal, client_key
 from s2s.catalog import Catalog
 from s2s.models import JobStatus, status_path
-from s2s.queue import IdempotencyConflict, Queue
+from s2s.queue import IdempotencyConflict, IdempotencyKey, Queue
 from s2s.settings import Settings
 from s2s.timeouts import within
 from s2s.uploads import InputError
+from s2s.web.describe import JSON, NO_STORE, answer, describe, error, operation, ref, retry_after
 
 log = logging.getLogger("s2s.api")
 
 JOB_ID = r"(?P<job_id>[A-Za-z0-9_-]{1,64})"
 HEALTH_PROBE_S = 0.8  # health answers within a second, Redis or not: the probe gets this, the answer the rest
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# A 1x1 PNG: the example submission of the description is a real one (the API accepts it).
+EXAMPLE_SUBMISSION = {"heroName": "Mia", "themeId": "space", "styleKey": "cartoon", "kind": "cover",
+                      "originalImageBase64": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAAD"
+                                             "ElEQVR4nGP4dSIAAATSAhOnfE5zAAAAAElFTkSuQmCC"}
 _STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                  429: "rate_limited", 500: "internal_error", 503: "unavailable"}
@@ -106,8 +111,8 @@ class ApiHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if status_code == 405:
             self.set_header("Allow", self._allowed_methods())  # RFC 9110: a 405 says what is allowed
-        if store.is_out_of_memory(exc):
-            self.set_header("Retry-After", str(store.STORAGE_FULL_RETRY_S))
+        if redis_memory.is_out_of_memory(exc):
+            self.set_header("Retry-After", str(redis_memory.STORAGE_FULL_RETRY_S))
             self.fail(503, "storage_full", "The job store is full; try again in a little while.")
         elif isinstance(exc, redis.exceptions.RedisError):
             self.fail(503, "redis_unavailable", "The job store is not reachable; try again shortly.")
@@ -121,10 +126,16 @@ class ApiHandler(tornado.web.RequestHandler):
             self.fail(status_code, "internal_error", "Something went wrong on our side.")
 
     def log_exception(self, typ, value, tb) -> None:
+        """Tornado's, without its request summary: the URI would write the job id and the query string."""
+        where = logs.request_fields(self)
         if isinstance(value, redis.exceptions.RedisError):
-            log.warning("redis unavailable", extra={"path": self.request.path, "error": str(value)})
+            log.warning("redis unavailable", extra={**where, "error": str(value)})
+        elif isinstance(value, tornado.web.HTTPError):
+            if value.log_message:
+                log.warning("request refused", extra={**where, "status": value.status_code,
+                                                      "error": value.log_message % value.args})
         else:
-            super().log_exception(typ, value, tb)
+            log.error("uncaught exception", exc_info=(typ, value, tb), extra=where)
 
     def base_url(self) -> str:
         return self.ctx.settings.public_url or f"{self.request.protocol}://{self.request.host}"
@@ -146,6 +157,40 @@ class ApiHandler(tornado.web.RequestHandler):
         return True
 
 
+@describe("/api/jobs/generate-image", post=lambda settings, catalog: operation(
+    "submitJob", "jobs", "Submit a photo to be drawn as a storybook cover or page",
+    description="Validated entirely before anything is queued: the photo is decoded in full. Answers 202 at once; the "
+    f"picture is made by a worker. Requests over {settings.max_body_bytes} bytes are refused with 413 from their "
+    "`Content-Length`, before the body is read.",
+    parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
+                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
+                 "description": "A retried POST with the same key and body from the same client (IP address, or "
+                                "IPv6 /64) answers the same job (and counts once against the rate limit); the same "
+                                "key with another body is a 409. Keys are scoped to the client: the same key from "
+                                "another client makes another job."}],
+    requestBody={"required": True, "content": {JSON: {"schema": ref("Submission"), "example": EXAMPLE_SUBMISSION}}},
+    responses={
+        202: answer("Accepted", "Queued (or, with a reused Idempotency-Key, already queued).",
+                    headers={"Location": {"$ref": "#/components/headers/Location"}},
+                    links={name: {"operationId": op, "parameters": {"jobId": "$response.body#/jobId"}} for name, op
+                           in (("status", "getJobStatus"), ("image", "getJobImage"), ("cancel", "cancelJob"))}),
+        400: error("A field breaks a rule; `details.field` names it and `details.reason` says why.", "invalid_json",
+                   "missing_field", "invalid_field", "invalid_base64", "unsupported_image_type", "invalid_image",
+                   "image_type_mismatch", "image_too_many_pixels", "unknown_themeId", "unknown_styleKey",
+                   "unknown_kind", "invalid_idempotency_key"),
+        409: error("This client used this Idempotency-Key for a different body. The answer names no job.",
+                   "idempotency_key_reused"),
+        413: error(f"The request is over {settings.max_body_bytes} bytes (`request_too_large`), or the decoded photo "
+                   f"over {settings.max_image_bytes} bytes (`image_too_large`); `details.maxBytes` says the limit.",
+                   "request_too_large", "image_too_large"),
+        415: error("The body is not sent as `Content-Type: application/json`.", "unsupported_media_type"),
+        429: error(f"This client (IP address, or IPv6 /64) submitted {settings.submit_per_minute or 'its limit of'} "
+                   "jobs in the last minute (`S2S_SUBMIT_PER_MINUTE`); `Retry-After` says when the next is taken.",
+                   "rate_limited", headers=retry_after(required=True)),
+        503: error("Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), the job store "
+                   "is full (`storage_full`, with `Retry-After`; `S2S_STORE_HIGH_WATER_PERCENT`), or it is down "
+                   "(`redis_unavailable`).", "queue_full", "storage_full", "redis_unavailable",
+                   headers=retry_after(required=False))}))
 @tornado.web.stream_request_body
 class GenerateImageHandler(ApiHandler):
     """POST /api/jobs/generate-image: validate, store, queue; 202 with where to look."""
@@ -210,24 +255,25 @@ class GenerateImageHandler(ApiHandler):
             return self.fail(exc.status, exc.code, exc.message, exc.details)
         fill = await self.ctx.queue.memory.fill()
         if fill.full:  # past the high-water mark: the room left is for the jobs already running
-            return self.refuse(store.refusal(fill))
+            return self.refuse(redis_memory.refusal(fill))
         token, refusal = await self.ctx.admission.take(self._client)  # atomic across API processes
         if refusal:
             return self.refuse(refusal)
+        idempotency = IdempotencyKey(self._client, idempotency_key) if idempotency_key is not None else None
         try:
-            job_id, created = await self.ctx.queue.enqueue(job, idempotency_key)
-        except IdempotencyConflict as exc:
+            job_id, created = await self.ctx.queue.enqueue(job, idempotency)
+        except IdempotencyConflict:  # names no job: the one it made is the key to someone's picture
             await self.ctx.admission.give_back(self._client, token)
             return self.fail(409, "idempotency_key_reused",
-                             "This Idempotency-Key was already used for a different request.",
-                             {"jobId": exc.job_id})
+                             "This Idempotency-Key was already used for a different request; send this one "
+                             "with a new key.")
         except redis.exceptions.RedisError as exc:  # no job was made: the client keeps its submit
             try:
                 await self.ctx.admission.give_back(self._client, token)
             except redis.exceptions.RedisError:
                 pass  # unreachable: the token expires with its window
-            if store.is_out_of_memory(exc):
-                return self.refuse(store.refusal(self.ctx.queue.memory.refused()))
+            if redis_memory.is_out_of_memory(exc):
+                return self.refuse(redis_memory.refusal(self.ctx.queue.memory.refused()))
             raise
         if not created:
             await self.ctx.admission.give_back(self._client, token)  # a replay of an accepted job is free
@@ -239,6 +285,9 @@ class GenerateImageHandler(ApiHandler):
                      "statusUrl": status_path(job_id), "websocketSubscription": f"job:{job_id}"}, 202)
 
 
+@describe("/api/jobs/{jobId}/status", get=operation(
+    "getJobStatus", "jobs", "A job's status, progress and, once completed, where its picture is",
+    {200: answer("Job", "The job.", headers=NO_STORE), 404: "JobNotFound", 503: "RedisUnavailable"}))
 class JobStatusHandler(ApiHandler):
     async def get(self, job_id: str) -> None:
         job = await self.ctx.queue.get(job_id)
@@ -248,6 +297,18 @@ class JobStatusHandler(ApiHandler):
         self.answer(job.to_json(self.base_url()))
 
 
+@describe("/api/jobs/{jobId}/image", get=lambda settings, catalog: operation(
+    "getJobImage", "jobs", "The picture of a completed job (what `result.imageUrl` points to)",
+    description=f"Kept for S2S_RETENTION_SECONDS ({settings.retention_seconds} s) after the job ended.",
+    responses={
+        200: {"description": "The image bytes with their type: PNG from the built-in providers; an upstream "
+                             "provider may answer JPEG or WebP.",
+              "headers": {"Content-Disposition": {"required": True, "schema": {"type": "string",
+                                                                               "pattern": "^inline; filename="}},
+                          "Cache-Control": {"required": True, "schema": {"type": "string"}}},
+              "content": {t: {} for t in ("image/png", "image/jpeg", "image/webp", "image/*")}},
+        404: error("No image: unknown job, a job that did not complete, or expired.", "image_not_found", "not_found"),
+        409: error("The job has not ended yet.", "job_not_finished"), 503: "RedisUnavailable"}))
 class JobImageHandler(ApiHandler):
     """GET behind ``result.imageUrl``: the image bytes with their Content-Type."""
 
@@ -261,21 +322,32 @@ class JobImageHandler(ApiHandler):
         data, content_type = found
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "private, max-age=3600, immutable")
-        self.set_header("Content-Disposition", f'inline; filename="{job_id}.{content_type.split("/")[-1]}"')
+        # not the id: a saved picture gets shared, and its name would be the key to the job (and the hero's name)
+        self.set_header("Content-Disposition",
+                        f'inline; filename="snap2story-{logs.job_digest(job_id)}.{content_type.split("/")[-1]}"')
         self.finish(data)
 
 
+@describe("/api/jobs/stats", get=operation(
+    "getStats", "queue", "How many jobs are in each state, run times, and whether the queue is paused",
+    {200: answer("Stats", "The figures, read at one instant.", headers=NO_STORE), 503: "RedisUnavailable"}))
 class StatsHandler(ApiHandler):
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.answer(await self.ctx.queue.snapshot())
+        self.answer(await self.ctx.queue.overview.snapshot())
 
 
+@describe("/api/jobs/health", get=operation(
+    "getHealth", "queue", "Whether this API can serve: Redis round trip, live workers, queue depth, provider",
+    description="A provider flagged `misconfigured` (its key refused) still answers 200: that is the operator's to "
+                "fix, not a reason for a load balancer to pull the API.",
+    responses={200: answer("Health", "Healthy.", headers=NO_STORE),
+               503: answer("Unhealthy", "Not able to serve; `reason` says why.")}))
 class HealthHandler(ApiHandler):
     """Redis round trip, live workers, queue depth and the provider's state, within one second.
 
     503 when Redis does not answer, and when no worker has been alive for S2S_WORKER_ABSENT_MS
-    (see :meth:`Queue.worker_absence_ms`): jobs would be accepted that nothing runs.
+    (see :meth:`s2s.fleet.Fleet.absence_ms`): jobs would be accepted that nothing runs.
     """
 
     async def get(self) -> None:
@@ -300,10 +372,10 @@ class HealthHandler(ApiHandler):
         started = time.perf_counter()
         await queue.redis.ping()
         rtt = (time.perf_counter() - started) * 1000
-        workers = await queue.workers()
-        absent = await queue.worker_absence_ms(alive=bool(workers))
+        workers = await queue.fleet.workers()
+        absent = await queue.fleet.absence_ms(alive=bool(workers))
         depth = await queue.redis.llen(queue.keys.waiting)
-        oldest = await queue.oldest_waiting_age_ms()
+        oldest = await queue.overview.oldest_waiting_age_ms()
         provider = await provider_state.read(queue.redis, queue.keys, self.ctx.settings.effective_provider)
         fill = await queue.memory.fill(fresh=True)
         return {"redis": {"ok": True, "rttMs": round(rtt, 2)}, "workers": {"alive": len(workers), "absentMs": absent},
@@ -311,6 +383,9 @@ class HealthHandler(ApiHandler):
                 "store": fill.to_json()}
 
 
+@describe("/api/catalog", get=lambda settings, catalog: operation(
+    "getCatalog", "jobs", "The themes, styles and kinds a submission may choose",
+    {200: answer("Catalog", "The choices, with the defaults.", example=catalog.to_json())}))
 class CatalogHandler(ApiHandler):
     """GET /api/catalog: the themes, styles and kinds a client may choose."""
 
@@ -319,6 +394,10 @@ class CatalogHandler(ApiHandler):
         self.answer(self.ctx.catalog.to_json())
 
 
+@describe("/api/jobs/{jobId}/cancel", post=operation(
+    "cancelJob", "operator", "Cancel a job: a queued one never runs; a running one is stopped",
+    {200: answer("Job", "The job, now cancelled."), 404: "JobNotFound",
+     409: error("The job already ended.", "job_already_ended"), 503: "RedisUnavailable"}))
 class CancelHandler(ApiHandler):
     async def post(self, job_id: str) -> None:
         if not self.require_operator():
@@ -332,6 +411,11 @@ class CancelHandler(ApiHandler):
         self.answer((await self.ctx.queue.get(job_id)).to_json(self.base_url()))
 
 
+@describe("/api/jobs/{jobId}/retry", post=operation(
+    "retryJob", "operator", "Queue a failed or cancelled job again",
+    {202: answer("Job", "The job, queued again."), 404: "JobNotFound", 503: "RedisUnavailable",
+     409: error("Only failed or cancelled jobs can be retried (`job_not_retryable`), and only while their photo is "
+                "kept (`photo_expired`).", "job_not_retryable", "photo_expired")}))
 class RetryHandler(ApiHandler):
     async def post(self, job_id: str) -> None:
         if not self.require_operator():
@@ -349,6 +433,9 @@ class RetryHandler(ApiHandler):
         self.answer((await self.ctx.queue.get(job_id)).to_json(self.base_url()), 202)
 
 
+@describe("/api/queue/pause", post=operation(
+    "pauseQueue", "operator", "Workers stop taking jobs; submissions are still accepted",
+    {200: answer("QueueCounts", "The queue, now paused."), 503: "RedisUnavailable"}))
 class PauseHandler(ApiHandler):
     async def post(self) -> None:
         if self.require_operator():
@@ -357,6 +444,9 @@ class PauseHandler(ApiHandler):
             self.answer((await self.ctx.queue.stats()).to_json())
 
 
+@describe("/api/queue/resume", post=operation(
+    "resumeQueue", "operator", "Workers take jobs again",
+    {200: answer("QueueCounts", "The queue, running."), 503: "RedisUnavailable"}))
 class ResumeHandler(ApiHandler):
     async def post(self) -> None:
         if self.require_operator():

@@ -18,10 +18,13 @@ import socket
 import redis.exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from s2s import store
-from s2s.metrics import ClusterMetrics, Counts, ProcessGauges, Snapshot
+from s2s import redis_memory
+from s2s.metrics.counters import Counts
+from s2s.metrics.exposition import Snapshot
+from s2s.metrics.store import ClusterMetrics, ProcessGauges
 from s2s.queue import Queue
 from s2s.timeouts import within
+from s2s.web.describe import NO_STORE, describe, operation
 from s2s.web.handlers import ApiHandler, AppContext
 from s2s.web.ws import WsContext
 
@@ -82,6 +85,15 @@ class ProcessMetrics:
         await self.cluster.forget(self.id)
 
 
+@describe("/metrics", get=lambda settings, catalog: operation(
+    "getMetrics", "meta", "Prometheus metrics of the whole system",
+    description="Cluster-wide figures: every worker's and every API process's counters are summed through Redis, so "
+                "one scrape of any API process sees the whole system. When S2S_ADMIN_TOKEN is set, the operator "
+                "token is required.",
+    security=[{"operatorToken": []}] if settings.admin_token else [],
+    responses={200: {"description": "The Prometheus text exposition format.", "headers": NO_STORE,
+                     "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+               **({401: "Unauthorized", 403: "Forbidden"} if settings.admin_token else {}), 503: "RedisUnavailable"}))
 class MetricsHandler(ApiHandler):
     def initialize(self, ctx: AppContext, process: ProcessMetrics | None = None) -> None:
         super().initialize(ctx)
@@ -105,6 +117,6 @@ class MetricsHandler(ApiHandler):
             try:
                 await self.process.report()  # this process's own numbers are current, not up to REPORT_EVERY_S old
             except redis.exceptions.RedisError as exc:
-                if not store.is_out_of_memory(exc):
+                if not redis_memory.is_out_of_memory(exc):
                     raise  # a full store refuses the report, not the scrape: the last report stands
         return await Snapshot.read(self.ctx.queue, self.cluster)

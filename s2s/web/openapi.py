@@ -1,31 +1,33 @@
-"""The API described as OpenAPI 3.1, served at GET /api/openapi.json.
+"""The API described as OpenAPI 3.1, served at GET /api/openapi.json: the assembler.
 
-The document is built here, from reusable component schemas, with the limits of
-the running :class:`Settings` and the choices of its :class:`Catalog`, so what it
-states is what this process enforces. ``tests/test_openapi.py`` keeps it true: it
-runs schemathesis against a live API (every answer must match what is written
-here) and fails when a route of :func:`s2s.web.app.make_app` is not described.
+Each handler class describes its own route with :func:`s2s.web.describe.describe`; this module
+collects those descriptions from make_app's route table and adds the document's skeleton and the
+component schemas several routes share. Limits and choices come from the running
+:class:`Settings` and :class:`Catalog`, so what the document states is what this process
+enforces. ``tests/test_openapi.py`` keeps it true: it runs schemathesis against a live API
+(every answer must match what is written) and fails when a route of make_app is not described.
 
 Job and stats shapes follow :mod:`s2s.models`; error codes are listed per answer,
-so a new code cannot appear on the wire without being written down here.
+so a new code cannot appear on the wire without being written down.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST
+import tornado.websocket
 
 from s2s import __version__
 from s2s.catalog import Catalog
+from s2s.models import JobStatus
 from s2s.settings import Settings
-from s2s.web.demo import CLIENT_FILES, DEMO_FILES
+from s2s.uploads import MAX_HERO_NAME
+from s2s.web.describe import COUNT, answer, describe, error, operation, ref
 from s2s.web.handlers import JOB_ID, ApiHandler
-from s2s.web.operator import JOB_STATES
 
-SCHEMAS = "#/components/schemas/"
 JOB_ID_PATTERN = "^" + JOB_ID.split(">", 1)[1][:-1] + "$"  # the route's own pattern, without its group
-JSON = "application/json"
 
 WEBSOCKET = """\
 ## Live progress: the WebSocket `/ws`
@@ -59,8 +61,18 @@ catch-up could not be read: reconnect and resubscribe with `lastSeq`.
 """
 
 
-def build(settings: Settings, catalog: Catalog) -> dict:
-    """The whole document, as a JSON-ready dict."""
+def build(settings: Settings, catalog: Catalog, handlers: Iterable[type]) -> dict:
+    """The whole document, as a JSON-ready dict, for the routes served by ``handlers`` (and this one's own)."""
+    paths: dict = {}
+    schemas = _schemas(settings, catalog)
+    for handler in dict.fromkeys([*handlers, OpenApiHandler]):
+        if issubclass(handler, tornado.websocket.WebSocketHandler):
+            continue  # /ws: OpenAPI cannot describe frames; they are written in info.description
+        if "openapi" not in vars(handler):
+            raise TypeError(f"{handler.__name__} serves a route but has no @describe(...) (s2s.web.describe)")
+        path, operations, own_schemas = handler.openapi
+        paths[path] = _path_item(handler, path, operations, settings, catalog)
+        schemas.update(own_schemas)
     doc: dict = {
         "openapi": "3.1.0",
         "info": {
@@ -86,9 +98,9 @@ def build(settings: Settings, catalog: Catalog) -> dict:
                                                 "<S2S_ADMIN_TOKEN>`; refused with 403 while the token is unset"},
             {"name": "meta", "description": "This description, metrics and the demo page"},
         ],
-        "paths": _paths(settings, catalog),
+        "paths": paths,
         "components": {
-            "schemas": _schemas(settings, catalog),
+            "schemas": schemas,
             "parameters": {
                 "JobId": {"name": "jobId", "in": "path", "required": True,
                           "description": "The `jobId` a submission answered with.",
@@ -100,17 +112,16 @@ def build(settings: Settings, catalog: Catalog) -> dict:
                 "WWWAuthenticate": {"required": True, "schema": {"type": "string", "const": 'Bearer realm="s2s"'}},
             },
             "responses": {
-                "Unauthorized": _error_response(
+                "Unauthorized": error(
                     "No operator token: send `Authorization: Bearer <S2S_ADMIN_TOKEN>`.", "unauthorized",
                     headers={"WWW-Authenticate": {"$ref": "#/components/headers/WWWAuthenticate"}}),
-                "Forbidden": _error_response("The operator token is wrong.", "forbidden"),
-                "OperatorDisabled": _error_response(
+                "Forbidden": error("The operator token is wrong.", "forbidden"),
+                "OperatorDisabled": error(
                     "Operator actions are off: S2S_ADMIN_TOKEN is not set on this API.", "operator_disabled"),
-                "JobNotFound": _error_response(
-                    "No such job (it may have expired), or the id is not a job id at all.",
-                    "job_not_found", "not_found"),
-                "RedisUnavailable": _error_response("The job store (Redis) is not reachable; try again shortly.",
-                                                    "redis_unavailable"),
+                "JobNotFound": error("No such job (it may have expired), or the id is not a job id at all.",
+                                     "job_not_found", "not_found"),
+                "RedisUnavailable": error("The job store (Redis) is not reachable; try again shortly.",
+                                          "redis_unavailable"),
             },
             "securitySchemes": {
                 "operatorToken": {"type": "http", "scheme": "bearer",
@@ -120,16 +131,12 @@ def build(settings: Settings, catalog: Catalog) -> dict:
     }
     if settings.public_url:
         doc["servers"] = [{"url": settings.public_url}]
-    for path, item in doc["paths"].items():
-        if path not in _STATIC_PATHS:  # the API's handlers (ApiHandler) all answer the preflight
-            item["options"] = _preflight(path, item)
     return doc
 
 
-def document_json(settings: Settings, catalog: Catalog) -> str:
-    return json.dumps(build(settings, catalog), separators=(",", ":"))
-
-
+@describe("/api/openapi.json", get=operation(
+    "getOpenApi", "meta", "This description",
+    {200: answer({"type": "object", "required": ["openapi", "info", "paths"]}, "OpenAPI 3.1, as JSON.")}))
 class OpenApiHandler(ApiHandler):
     """GET /api/openapi.json: this description, built once when the app is made."""
 
@@ -142,40 +149,27 @@ class OpenApiHandler(ApiHandler):
         self.finish(self.document)
 
 
-def openapi_route(ctx) -> tuple:
-    return (r"/api/openapi.json", OpenApiHandler, {"ctx": ctx, "document": document_json(ctx.settings, ctx.catalog)})
+def openapi_route(ctx, routes: list[tuple]) -> tuple:
+    """The route of this description, for the app serving ``routes``."""
+    document = json.dumps(build(ctx.settings, ctx.catalog, [route[1] for route in routes]), separators=(",", ":"))
+    return (r"/api/openapi.json", OpenApiHandler, {"ctx": ctx, "document": document})
 
 
-# ---- building blocks ---------------------------------------------------------------------
-def _ref(name: str) -> dict:
-    return {"$ref": SCHEMAS + name}
-
-
-def _json(schema: dict, description: str, *, headers: dict | None = None, links: dict | None = None,
-          example: object = None) -> dict:
-    media: dict = {"schema": schema}
-    if example is not None:
-        media["example"] = example
-    out: dict = {"description": description, "content": {JSON: media}}
-    if headers:
-        out["headers"] = headers
-    if links:
-        out["links"] = links
-    return out
-
-
-def _error_response(description: str, *codes: str, headers: dict | None = None) -> dict:
-    """An error answer in the contract's shape, naming the exact codes it may carry."""
-    schema = {"allOf": [_ref("Error"), {"properties": {"code": {"enum": list(codes)}}}]}
-    return _json(schema, description, headers=headers)
-
-
-def _shared(name: str) -> dict:
-    return {"$ref": "#/components/responses/" + name}
-
-
-_STATIC_PATHS = ("/static/{file}", "/")  # files (s2s.web.demo), not ApiHandler: no preflight
-_NO_STORE = {"Cache-Control": {"required": True, "schema": {"type": "string", "const": "no-store"}}}
+def _path_item(handler: type, path: str, operations: dict, settings: Settings, catalog: Catalog) -> dict:
+    item: dict = {"parameters": [{"$ref": "#/components/parameters/JobId"}]} if "{jobId}" in path else {}
+    for method, described in operations.items():
+        op = described(settings, catalog) if callable(described) else copy.deepcopy(described)
+        if op["tags"] == ["operator"]:  # behind the token, as ApiHandler.require_operator decides
+            if settings.admin_token:
+                op["security"] = [{"operatorToken": []}]
+                op["responses"].update({"401": {"$ref": "#/components/responses/Unauthorized"},
+                                        "403": {"$ref": "#/components/responses/Forbidden"}})
+            else:  # no token can open them: every call is refused
+                op["responses"]["403"] = {"$ref": "#/components/responses/OperatorDisabled"}
+        item[method] = op
+    if issubclass(handler, ApiHandler):  # ApiHandler.options answers the CORS preflight
+        item["options"] = _preflight(path, item)
+    return item
 
 
 def _preflight(path: str, item: dict) -> dict:
@@ -206,281 +200,30 @@ def _preflight(path: str, item: dict) -> dict:
     return preflight
 
 
-# ---- paths -------------------------------------------------------------------------------
-def _paths(settings: Settings, catalog: Catalog) -> dict:
-    job_id = [{"$ref": "#/components/parameters/JobId"}]
-    redis_down = {"503": _shared("RedisUnavailable")}
-    job_links = {
-        "status": {"operationId": "getJobStatus", "parameters": {"jobId": "$response.body#/jobId"}},
-        "image": {"operationId": "getJobImage", "parameters": {"jobId": "$response.body#/jobId"}},
-        "cancel": {"operationId": "cancelJob", "parameters": {"jobId": "$response.body#/jobId"}},
-    }
-    max_body, max_image = settings.max_body_bytes, settings.max_image_bytes
-    if settings.admin_token:
-        operator: dict = {"security": [{"operatorToken": []}], "tags": ["operator"]}
-        refusals = {"401": _shared("Unauthorized"), "403": _shared("Forbidden")}
-    else:  # no token can open them: every call is refused
-        operator = {"tags": ["operator"]}
-        refusals = {"403": _shared("OperatorDisabled")}
-    static_files = CLIENT_FILES | DEMO_FILES if settings.demo else CLIENT_FILES  # as s2s.web.demo.browser_routes
-    paths = {
-        "/api/jobs/generate-image": {"post": {
-            "operationId": "submitJob",
-            "tags": ["jobs"],
-            "summary": "Submit a photo to be drawn as a storybook cover or page",
-            "description": (
-                "Validated entirely before anything is queued: the photo is decoded in full. Answers 202 at "
-                f"once; the picture is made by a worker. Requests over {max_body} bytes are refused with 413 "
-                "from their `Content-Length`, before the body is read."),
-            "parameters": [{
-                "name": "Idempotency-Key", "in": "header", "required": False,
-                "description": "A retried POST with the same key and body answers the same job (and counts "
-                               "once against the rate limit); the same key with another body is a 409.",
-                "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-            }],
-            "requestBody": {"required": True, "content": {JSON: {
-                "schema": _ref("Submission"),
-                "example": {"heroName": "Mia", "originalImageBase64": _EXAMPLE_PHOTO, "themeId": "space",
-                            "styleKey": "cartoon", "kind": "cover"},
-            }}},
-            "responses": {
-                "202": _json(_ref("Accepted"), "Queued (or, with a reused Idempotency-Key, already queued).",
-                             headers={"Location": {"$ref": "#/components/headers/Location"}}, links=job_links),
-                "400": _error_response(
-                    "A field breaks a rule; `details.field` names it and `details.reason` says why.",
-                    "invalid_json", "missing_field", "invalid_field", "invalid_base64", "unsupported_image_type",
-                    "invalid_image", "image_type_mismatch", "image_too_many_pixels", "unknown_themeId",
-                    "unknown_styleKey", "unknown_kind", "invalid_idempotency_key"),
-                "409": _error_response("This Idempotency-Key was used for a different body; `details.jobId` is "
-                                       "the job it made.", "idempotency_key_reused"),
-                "413": _error_response(
-                    f"The request is over {max_body} bytes (`request_too_large`), or the decoded photo over "
-                    f"{max_image} bytes (`image_too_large`); `details.maxBytes` says the limit.",
-                    "request_too_large", "image_too_large"),
-                "415": _error_response("The body is not sent as `Content-Type: application/json`.",
-                                       "unsupported_media_type"),
-                "429": _error_response(
-                    f"This client (IP address, or IPv6 /64) submitted {settings.submit_per_minute or 'its limit of'} "
-                    "jobs in the last minute (`S2S_SUBMIT_PER_MINUTE`); `Retry-After` says when the next is taken.",
-                    "rate_limited",
-                    headers={"Retry-After": _retry_after(required=True)}),
-                "503": _error_response(
-                    "Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), the job "
-                    "store is full (`storage_full`, with `Retry-After`; `S2S_STORE_HIGH_WATER_PERCENT`), or it is "
-                    "down (`redis_unavailable`).", "queue_full", "storage_full", "redis_unavailable",
-                    headers={"Retry-After": _retry_after(required=False)}),
-            },
-        }},
-        "/api/jobs/{jobId}/status": {"parameters": job_id, "get": {
-            "operationId": "getJobStatus",
-            "tags": ["jobs"],
-            "summary": "A job's status, progress and, once completed, where its picture is",
-            "responses": {"200": _json(_ref("Job"), "The job.", headers=_NO_STORE),
-                          "404": _shared("JobNotFound"), **redis_down},
-        }},
-        "/api/jobs/{jobId}/image": {"parameters": job_id, "get": {
-            "operationId": "getJobImage",
-            "tags": ["jobs"],
-            "summary": "The picture of a completed job (what `result.imageUrl` points to)",
-            "description": f"Kept for S2S_RETENTION_SECONDS ({settings.retention_seconds} s) after the job ended.",
-            "responses": {
-                "200": {
-                    "description": "The image bytes with their type: PNG from the built-in providers; an "
-                                   "upstream provider may answer JPEG or WebP.",
-                    "headers": {
-                        "Content-Disposition": {"required": True, "schema": {"type": "string",
-                                                                             "pattern": "^inline; filename="}},
-                        "Cache-Control": {"required": True, "schema": {"type": "string"}},
-                    },
-                    "content": {t: {} for t in ("image/png", "image/jpeg", "image/webp", "image/*")},
-                },
-                "404": _error_response("No image: unknown job, a job that did not complete, or expired.",
-                                       "image_not_found", "not_found"),
-                "409": _error_response("The job has not ended yet.", "job_not_finished"),
-                **redis_down,
-            },
-        }},
-        "/api/jobs/stats": {"get": {
-            "operationId": "getStats",
-            "tags": ["queue"],
-            "summary": "How many jobs are in each state, run times, and whether the queue is paused",
-            "responses": {"200": _json(_ref("Stats"), "The figures, read at one instant.", headers=_NO_STORE),
-                          **redis_down},
-        }},
-        "/api/jobs/health": {"get": {
-            "operationId": "getHealth",
-            "tags": ["queue"],
-            "summary": "Whether this API can serve: Redis round trip, live workers, queue depth, provider",
-            "description": "A provider flagged `misconfigured` (its key refused) still answers 200: that is the "
-                           "operator's to fix, not a reason for a load balancer to pull the API.",
-            "responses": {
-                "200": _json(_ref("Health"), "Healthy.", headers=_NO_STORE),
-                "503": _json(_ref("Unhealthy"), "Not able to serve; `reason` says why."),
-            },
-        }},
-        "/api/catalog": {"get": {
-            "operationId": "getCatalog",
-            "tags": ["jobs"],
-            "summary": "The themes, styles and kinds a submission may choose",
-            "responses": {"200": _json(_ref("Catalog"), "The choices, with the defaults.",
-                                       example=catalog.to_json())},
-        }},
-        "/api/jobs/{jobId}/cancel": {"parameters": job_id, "post": {
-            **operator,
-            "operationId": "cancelJob",
-            "summary": "Cancel a job: a queued one never runs; a running one is stopped",
-            "responses": {
-                "200": _json(_ref("Job"), "The job, now cancelled."),
-                **refusals, "404": _shared("JobNotFound"),
-                "409": _error_response("The job already ended.", "job_already_ended"),
-                **redis_down,
-            },
-        }},
-        "/api/jobs/{jobId}/retry": {"parameters": job_id, "post": {
-            **operator,
-            "operationId": "retryJob",
-            "summary": "Queue a failed or cancelled job again",
-            "responses": {
-                "202": _json(_ref("Job"), "The job, queued again."),
-                **refusals, "404": _shared("JobNotFound"),
-                "409": _error_response("Only failed or cancelled jobs can be retried (`job_not_retryable`), and "
-                                       "only while their photo is kept (`photo_expired`).",
-                                       "job_not_retryable", "photo_expired"),
-                **redis_down,
-            },
-        }},
-        "/api/jobs/{jobId}/events": {"parameters": job_id, "get": {
-            **operator,
-            "operationId": "getJobEvents",
-            "summary": "A job's kept event history, oldest first (the frames /ws sends)",
-            "responses": {"200": _json(_ref("JobEvents"), "The events."), **refusals,
-                          "404": _shared("JobNotFound"), **redis_down},
-        }},
-        "/api/queue/pause": {"post": {
-            **operator,
-            "operationId": "pauseQueue",
-            "summary": "Workers stop taking jobs; submissions are still accepted",
-            "responses": {"200": _json(_ref("QueueCounts"), "The queue, now paused."), **refusals,
-                          **redis_down},
-        }},
-        "/api/queue/resume": {"post": {
-            **operator,
-            "operationId": "resumeQueue",
-            "summary": "Workers take jobs again",
-            "responses": {"200": _json(_ref("QueueCounts"), "The queue, running."), **refusals,
-                          **redis_down},
-        }},
-        "/api/workers": {"get": {
-            **operator,
-            "operationId": "listWorkers",
-            "summary": "Every worker process seen in the last hour; dead ones have `alive: false`",
-            "responses": {"200": _json(_ref("WorkerList"), "The workers."), **refusals, **redis_down},
-        }},
-        "/api/jobs": {"get": {
-            **operator,
-            "operationId": "listJobs",
-            "summary": "The newest jobs in one state (waiting: in the order they will run)",
-            "parameters": [
-                {"name": "state", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": list(JOB_STATES), "default": "active"}},
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
-            ],
-            "responses": {
-                "200": _json(_ref("JobList"), "The jobs."),
-                "400": _error_response("`state` or `limit` is not one of the accepted values.",
-                                       "invalid_state", "invalid_limit"),
-                **refusals, **redis_down,
-            },
-        }},
-        "/api/jobs/retry-failed": {"post": {
-            **operator,
-            "operationId": "retryFailedJobs",
-            "summary": "Queue every kept failed job again (up to 500)",
-            "responses": {"202": _json(_ref("RetryFailedResult"), "What was queued again."),
-                          **refusals, **redis_down},
-        }},
-        "/api/openapi.json": {"get": {
-            "operationId": "getOpenApi",
-            "tags": ["meta"],
-            "summary": "This description",
-            "responses": {"200": _json({"type": "object", "required": ["openapi", "info", "paths"]},
-                                       "OpenAPI 3.1, as JSON.")},
-        }},
-        "/metrics": {"get": {
-            "operationId": "getMetrics",
-            "tags": ["meta"],
-            "summary": "Prometheus metrics of the whole system",
-            "description": "Cluster-wide figures: every worker's and every API process's counters are summed "
-                           "through Redis, so one scrape of any API process sees the whole system. When "
-                           "S2S_ADMIN_TOKEN is set, the operator token is required.",
-            "security": [{"operatorToken": []}] if settings.admin_token else [],
-            "responses": {
-                "200": {"description": "The Prometheus text exposition format.", "headers": _NO_STORE,
-                        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
-                **(refusals if settings.admin_token else {}),
-                **redis_down,
-            },
-        }},
-        "/static/{file}": {"get": {
-            "operationId": "getStaticFile",
-            "tags": ["meta"],
-            "summary": "The browser client module `s2s-client.js` (and, with S2S_DEMO, the demo page's files)",
-            "description": "Public code: sent with `Access-Control-Allow-Origin: *` so frontends on other origins "
-                           "can import it; revalidated by ETag on every use.",
-            "parameters": [{"name": "file", "in": "path", "required": True,
-                            "schema": {"enum": sorted(static_files)}}],
-            "responses": {
-                "200": {"description": "The file.",
-                        "headers": {"ETag": {"required": True, "schema": {"type": "string"}}},
-                        "content": {"text/javascript": {"schema": {"type": "string"}},
-                                    "text/css": {"schema": {"type": "string"}}}},
-                "404": _error_response("No such file.", "not_found"),
-            },
-        }},
-    }
-    if settings.demo:
-        paths["/"] = {"get": {
-            "operationId": "getDemoPage",
-            "tags": ["meta"],
-            "summary": "The demo page (S2S_DEMO; without it, / is a 404 like any unknown path)",
-            "responses": {"200": {"description": "The page.",
-                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }}
-    return paths
-
-
-def _retry_after(*, required: bool) -> dict:
-    return {"required": required, "description": "Seconds to wait before trying again.",
-            "schema": {"type": "integer", "minimum": 1}}
-
-
-# A 1x1 PNG: the example submission is a real one (the API accepts it).
-_EXAMPLE_PHOTO = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4dSIAAATSAhOn"
-                  "fE5zAAAAAElFTkSuQmCC")
-
-
-# ---- schemas -----------------------------------------------------------------------------
+# ---- the schemas several routes share ---------------------------------------------------------
 def _nullable(type_: str, **more) -> dict:
     return {"type": [type_, "null"], **more}
 
 
+def _required_strings(*names: str) -> dict:
+    return {"type": "object", "required": list(names), "properties": {name: {"type": "string"} for name in names}}
+
+
 _TIME = {"type": "string", "format": "date-time", "description": "ISO 8601 UTC with a `Z`."}
-_COUNT = {"type": "integer", "minimum": 0}
-_STATUSES = ["queued", "processing", "completed", "failed", "cancelled"]
+_STATUSES = [status.value for status in JobStatus]
 
 
 def _counts() -> dict:
     """The counts of :class:`s2s.models.Stats`, shared by the stats and the pause/resume answers."""
     return {
-        "waiting": {**_COUNT, "description": "Queued and due."},
-        "active": {**_COUNT, "description": "Being drawn by a worker now."},
-        "completed": {**_COUNT, "description": "Ended and kept (retention time)."},
-        "failed": _COUNT,
-        "delayed": {**_COUNT, "description": "Waiting for a retry's backoff to pass."},
-        "cancelled": _COUNT,
+        "waiting": {**COUNT, "description": "Queued and due."},
+        "active": {**COUNT, "description": "Being drawn by a worker now."},
+        "completed": {**COUNT, "description": "Ended and kept (retention time)."},
+        "failed": COUNT,
+        "delayed": {**COUNT, "description": "Waiting for a retry's backoff to pass."},
+        "cancelled": COUNT,
         "paused": {"type": "boolean", "description": "Workers take no jobs while paused."},
-        "totals": {"type": "object", "additionalProperties": _COUNT,
+        "totals": {"type": "object", "additionalProperties": COUNT,
                    "description": "Counters since the store began (completed, failed, retried, cancelled, ...)."},
     }
 
@@ -496,14 +239,14 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
         "redis": {"type": "object", "required": ["ok", "rttMs"], "properties": {
             "ok": {"const": True}, "rttMs": {"type": "number", "minimum": 0}}},
         "workers": {"type": "object", "required": ["alive", "absentMs"], "properties": {
-            "alive": {**_COUNT, "description": "Workers heard from within the lease time."},
-            "absentMs": {**_COUNT, "description": "How long no worker has been alive (0 while one is)."}}},
+            "alive": {**COUNT, "description": "Workers heard from within the lease time."},
+            "absentMs": {**COUNT, "description": "How long no worker has been alive (0 while one is)."}}},
         "queue": {"type": "object", "required": ["waiting", "oldestWaitingAgeMs"], "properties": {
-            "waiting": _COUNT, "oldestWaitingAgeMs": _nullable("integer", minimum=0)}},
-        "provider": _ref("ProviderState"),
+            "waiting": COUNT, "oldestWaitingAgeMs": _nullable("integer", minimum=0)}},
+        "provider": ref("ProviderState"),
         "store": {"type": "object", "required": ["state", "usedBytes", "maxBytes"], "properties": {
             "state": {"enum": ["ok", "full"], "description": "full: submits get 503 storage_full, claims pause."},
-            "usedBytes": _COUNT, "maxBytes": _nullable("integer", minimum=1), "reason": {"type": "string"}}},
+            "usedBytes": COUNT, "maxBytes": _nullable("integer", minimum=1), "reason": {"type": "string"}}},
     }
     job_frame_types = ["job_progress", "job_completed", "job_failed", "job_cancelled"]
     return {
@@ -521,9 +264,9 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
             "type": "object",
             "required": ["heroName", "originalImageBase64"],
             "properties": {
-                "heroName": {"type": "string", "minLength": 1,
-                             "description": "1-64 characters after trimming surrounding whitespace, no control "
-                                            "characters; drawn on the cover.", "examples": ["Mia"]},
+                "heroName": {"type": "string", "minLength": 1, "examples": ["Mia"], "description": (
+                    f"1-{MAX_HERO_NAME} characters after trimming surrounding whitespace, no control characters; "
+                    "drawn on the cover.")},
                 "originalImageBase64": {
                     "type": "string", "minLength": 1,
                     "description": (
@@ -567,15 +310,15 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                 "failedAt": _TIME,
                 "cancelledAt": _TIME,
                 "retryAt": {**_TIME, "description": "A queued retry waits for its backoff until then."},
-                "attempts": {**_COUNT, "description": "Attempts started so far."},
+                "attempts": {**COUNT, "description": "Attempts started so far."},
                 "maxAttempts": {"type": "integer", "minimum": 1},
-                "upstreamCalls": {**_COUNT, "description": "Calls made to the image provider for this job (each "
+                "upstreamCalls": {**COUNT, "description": "Calls made to the image provider for this job (each "
                                                           "one is paid for)."},
                 "heroName": {"type": "string"},
                 "themeId": {"type": "string"},
                 "styleKey": {"type": "string"},
                 "kind": {"type": "string"},
-                "seq": {**_COUNT, "description": "The `seq` of the job's latest event."},
+                "seq": {**COUNT, "description": "The `seq` of the job's latest event."},
                 "provider": {"type": "string", "description": "Which provider drew it."},
                 "result": {"type": "object", "required": ["imageUrl"], "properties": {
                     "imageUrl": {"type": "string", "format": "uri",
@@ -608,30 +351,7 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                 "code": {"type": "string"},
             },
         },
-        "JobEvents": {
-            "type": "object",
-            "required": ["jobId", "events"],
-            "properties": {"jobId": {"type": "string"}, "events": {"type": "array", "items": _ref("JobEvent")}},
-        },
-        "JobList": {
-            "type": "object",
-            "required": ["state", "jobs"],
-            "properties": {"state": {"enum": list(JOB_STATES)}, "jobs": {"type": "array", "items": _ref("Job")}},
-        },
-        "RetryFailedResult": {
-            "type": "object",
-            "required": ["retried", "expired"],
-            "properties": {
-                "retried": {"type": "array", "items": {"type": "string"}, "description": "Queued again."},
-                "expired": {"type": "array", "items": {"type": "string"},
-                            "description": "Their photo expired: they cannot run again."},
-            },
-        },
-        "QueueCounts": {
-            "type": "object",
-            "required": list(counts),
-            "properties": counts,
-        },
+        "QueueCounts": {"type": "object", "required": list(counts), "properties": counts},
         "Stats": {
             "type": "object",
             "required": [*counts, "oldestWaitingAgeMs", "durationMs"],
@@ -643,7 +363,7 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                     "type": "object", "required": ["p50", "p95", "sample"],
                     "description": "Run times (start to completion) of the most recently completed jobs.",
                     "properties": {"p50": _nullable("integer", minimum=0), "p95": _nullable("integer", minimum=0),
-                                   "sample": _COUNT},
+                                   "sample": COUNT},
                 },
             },
         },
@@ -677,41 +397,9 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
         "Catalog": {
             "type": "object",
             "required": ["themes", "styles", "kinds", "defaults"],
-            "properties": {
-                "themes": {"type": "array", "items": {
-                    "type": "object", "required": ["id", "name", "tagline"],
-                    "properties": {"id": {"type": "string"}, "name": {"type": "string"},
-                                   "tagline": {"type": "string"}}}},
-                "styles": {"type": "array", "items": {
-                    "type": "object", "required": ["key", "name"],
-                    "properties": {"key": {"type": "string"}, "name": {"type": "string"}}}},
-                "kinds": {"type": "array", "items": {
-                    "type": "object", "required": ["id", "name"],
-                    "properties": {"id": {"type": "string"}, "name": {"type": "string"}}}},
-                "defaults": {"type": "object", "required": ["themeId", "styleKey", "kind"], "properties": {
-                    "themeId": {"type": "string"}, "styleKey": {"type": "string"}, "kind": {"type": "string"}}},
-            },
-        },
-        "Worker": {
-            "type": "object",
-            "description": "A worker process as its last heartbeat described it.",
-            "required": ["id", "alive", "lastSeenMs"],
-            "properties": {
-                "id": {"type": "string"},
-                "alive": {"type": "boolean", "description": "Heard from within the lease time."},
-                "lastSeenMs": {**_COUNT, "description": "Age of its last heartbeat."},
-                "host": {"type": "string"},
-                "pid": {"type": "integer"},
-                "concurrency": {"type": "integer", "minimum": 1},
-                "jobs": {**_COUNT, "description": "Jobs in hand."},
-                "provider": {"type": "string"},
-                "state": {"enum": ["running", "draining"]},
-                "startedAt": {"type": "integer", "description": "Milliseconds since the epoch."},
-            },
-        },
-        "WorkerList": {
-            "type": "object",
-            "required": ["workers", "alive"],
-            "properties": {"workers": {"type": "array", "items": _ref("Worker")}, "alive": _COUNT},
+            "properties": {"themes": {"type": "array", "items": _required_strings("id", "name", "tagline")},
+                           "styles": {"type": "array", "items": _required_strings("key", "name")},
+                           "kinds": {"type": "array", "items": _required_strings("id", "name")},
+                           "defaults": _required_strings("themeId", "styleKey", "kind")},
         },
     }

@@ -83,7 +83,7 @@ class StatsFeed:
     async def _run(self) -> None:
         while self.sockets:
             try:
-                stats = await asyncio.wait_for(self.queue.snapshot(), REDIS_TIMEOUT_S)
+                stats = await asyncio.wait_for(self.queue.overview.snapshot(), REDIS_TIMEOUT_S)
             except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
                 log.warning("cannot read queue stats for sockets", extra={"error": repr(exc)})
             else:

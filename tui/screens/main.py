@@ -7,7 +7,8 @@ from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.widgets import Footer
 
-from tui.model import Clock, JobInfo, QueueStats, ThroughputView, WorkerInfo
+from s2s.models import StatsSnapshot
+from tui.model import Clock, JobInfo, ThroughputView, WorkerInfo
 from tui.screens.base import ConsoleScreen
 from tui.widgets import ActionLine, ConnectionBar, JobsTable, QueuePanel, ThroughputPanel, WorkersTable
 
@@ -17,7 +18,7 @@ class MainScreen(ConsoleScreen):
 
     AUTO_FOCUS = "#jobs"
 
-    stats: reactive[QueueStats | None] = reactive(None)
+    stats: reactive[StatsSnapshot | None] = reactive(None)
     throughput: reactive[ThroughputView] = reactive(ThroughputView)
     worker_infos: reactive[tuple[WorkerInfo, ...] | None] = reactive(None)
     jobs: reactive[tuple[JobInfo, ...] | None] = reactive(None)

@@ -8,15 +8,16 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tui.model import QueueStats, format_age, format_ms
+from s2s.models import StatsSnapshot
+from tui.model import format_age, format_ms
 
 
 class QueuePanel(Widget):
     """Straight from GET /api/jobs/stats: nothing here is computed by the console."""
 
-    stats: reactive[QueueStats | None] = reactive(None)
+    stats: reactive[StatsSnapshot | None] = reactive(None)
 
-    def watch_stats(self, stats: QueueStats | None) -> None:
+    def watch_stats(self, stats: StatsSnapshot | None) -> None:
         self.set_class(stats is not None and stats.paused, "-paused")
         self.border_title = "queue" if stats is None else f"queue: {'PAUSED' if stats.paused else 'running'}"
 

@@ -1,0 +1,230 @@
+"""The child's photo as it leaves intake: what is stored and what the providers receive.
+
+A phone photo carries its camera's EXIF (GPS position, time, device), XMP, comments and an
+orientation flag; a PNG carries text chunks. The API keeps and forwards only the copy
+s2s.uploads.prepare_photo makes: upright, sRGB, at most PHOTO_MAX_SIDE a side, a fresh JPEG.
+Each test submits through a real API process (real redis-server) and reads the photo where the
+queue keeps it and where the fake upstream received it.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+from PIL import ExifTags, Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
+
+from s2s.uploads import PHOTO_MAX_SIDE
+from tests.api_client import submit, wait_ended
+from tests.fakes.openai_server import FakeOpenAI
+
+PROVIDER_MAX_BYTES = 10 * 1024 * 1024  # DashScope's input limit, the smaller of the two providers'
+SECRET = "52 31 12 N, Mia's school"  # written into every metadata block of the test photos
+RED, BLUE = (230, 20, 20), (30, 60, 200)
+
+
+# ---- photos as phones and editors write them -------------------------------------------------
+
+def gps_exif(orientation: int = 1) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make] = "PhoneCo"
+    exif[ExifTags.Base.ImageDescription] = SECRET
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+    gps[ExifTags.GPS.GPSLatitude] = (52.0, 31.0, 12.0)
+    gps[ExifTags.GPS.GPSLongitudeRef] = "E"
+    gps[ExifTags.GPS.GPSLongitude] = (13.0, 24.0, 36.0)
+    return exif
+
+
+def xmp() -> bytes:
+    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description>' + SECRET.encode()
+            + b"</dc:description></rdf:Description></rdf:RDF></x:xmpmeta>")
+
+
+def marked(size: tuple[int, int]) -> Image.Image:
+    """Blue, with a red block in the stored top-left corner: where it ends up shows the rotation."""
+    img = Image.new("RGB", size, BLUE)
+    ImageDraw.Draw(img).rectangle((0, 0, size[0] // 5, size[1] // 5), fill=RED)
+    return img
+
+
+def phone_jpeg(size: tuple[int, int] = (2400, 1800), orientation: int = 6) -> bytes:
+    """Stored landscape with EXIF Orientation 6 (turn 90 degrees clockwise to view), GPS, XMP and a comment."""
+    buf = io.BytesIO()
+    marked(size).save(buf, format="JPEG", quality=95, exif=gps_exif(orientation), xmp=xmp(),
+                      comment=SECRET.encode())
+    return buf.getvalue()
+
+
+def jpeg_with_corrupt_gps() -> bytes:
+    """EXIF that Pillow reads but cannot write back: GPSLatitude's rationals filed under
+    GPSDestLatitudeRef, an ASCII tag (as a buggy phone app might)."""
+    raw = gps_exif(orientation=6).tobytes()
+    order = ">" if raw[6:8] == b"MM" else "<"
+    latitude, mislabelled = (struct.pack(f"{order}HHI", tag, 5, 3) for tag in (2, 19))  # type RATIONAL, count 3
+    assert raw.count(latitude) == 1
+    buf = io.BytesIO()
+    marked((2400, 1800)).save(buf, format="JPEG", exif=raw.replace(latitude, mislabelled))
+    return buf.getvalue()
+
+
+def tagged_png() -> bytes:
+    """RGBA with a transparent band, tEXt, zTXt and iTXt chunks and an eXIf chunk with GPS."""
+    img = marked((600, 400)).convert("RGBA")
+    ImageDraw.Draw(img).rectangle((0, 300, 599, 399), fill=(0, 0, 0, 0))
+    info = PngInfo()
+    info.add_text("Comment", SECRET)
+    info.add_text("Location", SECRET, zip=True)
+    info.add_itxt("XML:com.adobe.xmp", xmp().decode())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info, exif=gps_exif())
+    return buf.getvalue()
+
+
+def swapped_primaries_icc() -> bytes:
+    """An ICC v2 RGB matrix/TRC profile whose red and green primaries are sRGB's green and red:
+    a pixel stored as pure red in it is green to the eye, so dropping the profile would show."""
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
+
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(2.2 * 256)) + b"\0\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", 8) + b"swapped\0" + b"\0" * 8 + b"\0\0\0" + b"\0" * 67
+    desc += b"\0" * (-len(desc) % 4)
+    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(0.3851, 0.7169, 0.0971)), (b"gXYZ", xyz(0.4361, 0.2225, 0.0139)),
+            (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = struct.pack(">I", len(tags)), b""
+    for sig, body in tags:
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"\0\0\0\0" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + xyz(0.9642, 1.0, 0.8249)[8:]
+              + b"\0" * 48)
+    assert len(header) == 128
+    return header + table + data
+
+
+def red_jpeg_in(icc: bytes) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(buf, format="JPEG", quality=95, icc_profile=icc)
+    return buf.getvalue()
+
+
+# ---- reading what was kept and sent ----------------------------------------------------------
+
+def stored_photo(stack, job_id: str) -> bytes:
+    """The photo where the queue keeps it for the worker."""
+    data = stack.redis.get(stack.keys.job_input(job_id))
+    assert data, f"no photo stored for job {job_id}"
+    return data
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, payload) of every segment before the image data: where APPn and COM blocks live."""
+    assert data[:2] == b"\xff\xd8", "not a JPEG"
+    segments, pos = [], 2
+    while True:
+        assert data[pos] == 0xFF, f"no marker at {pos}"
+        marker = data[pos + 1]
+        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        segments.append((marker, data[pos + 4:pos + 2 + length]))
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return segments
+        pos += 2 + length
+
+
+def assert_bare_jpeg(data: bytes) -> Image.Image:
+    """A JPEG with nothing but pixels: JFIF APP0 is its only APPn segment, no COM, nothing Pillow reads as
+    metadata; small enough for every provider."""
+    segments = jpeg_segments(data)
+    app = [(m, p[:5]) for m, p in segments if 0xE0 <= m <= 0xEF]
+    assert app == [(0xE0, b"JFIF\0")], f"APPn segments left: {app}"
+    assert 0xFE not in [m for m, _ in segments], "a JPEG comment was left"
+    assert SECRET.encode() not in data and b"PhoneCo" not in data
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "JPEG" and img.mode == "RGB"
+    assert not img.getexif() and not img.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    assert not {"exif", "xmp", "comment", "icc_profile", "adobe"} & img.info.keys(), img.info.keys()
+    assert max(img.size) <= PHOTO_MAX_SIDE and len(data) <= PROVIDER_MAX_BYTES
+    return img
+
+
+def near(pixel, colour, tolerance: int = 40) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
+
+
+def assert_upright_and_shrunk(img: Image.Image) -> None:
+    """The 2400x1800 photo shown turned clockwise is 1800x2400: 1152x1536 at PHOTO_MAX_SIDE, its red
+    corner top right."""
+    assert img.size == (1152, 1536), img.size
+    w, h = img.size
+    assert near(img.getpixel((w - 20, 20)), RED), img.getpixel((w - 20, 20))
+    assert near(img.getpixel((20, 20)), BLUE) and near(img.getpixel((w - 20, h - 20)), BLUE)
+
+
+# ---- the tests -------------------------------------------------------------------------------
+
+def test_the_photo_sent_to_openai_is_the_stored_copy_upright_small_and_without_metadata(stack):
+    """The stored copy is read before any worker runs, then compared with what upstream received."""
+    with FakeOpenAI() as fake:
+        url = stack.api(S2S_PROVIDER="openai")
+        job_id = submit(url, phone_jpeg())
+        stored = stored_photo(stack, job_id)
+        assert_upright_and_shrunk(assert_bare_jpeg(stored))
+
+        stack.worker(S2S_PROVIDER="openai", OPENAI_API_KEY=fake.key, OPENAI_BASE_URL=fake.base_url)
+        assert wait_ended(url, job_id)["status"] == "completed"
+
+    (sent,) = fake.requests
+    assert sent.files["image"] == ("hero.jpg", "image/jpeg", stored)
+
+
+@pytest.mark.parametrize("photo, mime", [(phone_jpeg(), "image/jpeg"), (tagged_png(), "image/png")],
+                         ids=["jpeg-exif-gps-xmp-comment", "png-text-chunks-exif-alpha"])
+def test_the_stored_photo_keeps_no_metadata_and_the_local_provider_draws_from_it(stack, photo, mime):
+    assert SECRET.encode() in photo  # the upload really carries it (tEXt, EXIF and XMP are plain text)
+    url = stack.api()
+    job_id = submit(url, photo, mime)
+    stored = stored_photo(stack, job_id)
+    img = assert_bare_jpeg(stored)
+    if mime == "image/jpeg":
+        assert_upright_and_shrunk(img)
+    else:
+        assert img.size == (600, 400), "a photo within the limit keeps its size"
+        assert near(img.getpixel((20, 20)), RED) and near(img.getpixel((300, 200)), BLUE)
+        assert near(img.getpixel((300, 380)), (255, 255, 255), 8), "transparency is flattened onto white"
+
+    stack.worker(S2S_PROVIDER="local")
+    assert wait_ended(url, job_id, timeout=60)["status"] == "completed"
+
+
+def test_a_photo_with_a_corrupt_exif_block_is_accepted_upright_without_it(stack):
+    url = stack.api()
+    assert_upright_and_shrunk(assert_bare_jpeg(stored_photo(stack, submit(url, jpeg_with_corrupt_gps()))))
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb_not_dropped(stack):
+    """Stored red in a profile whose red is sRGB's green: the prepared photo shows green."""
+    url = stack.api()
+    img = assert_bare_jpeg(stored_photo(stack, submit(url, red_jpeg_in(swapped_primaries_icc()))))
+    r, g, b = img.getpixel((32, 24))
+    assert g > 200 and r < 80 and b < 80, (r, g, b)
+
+
+def test_a_photo_with_nothing_to_strip_is_still_re_encoded_at_its_own_size(stack):
+    source = io.BytesIO()
+    marked((320, 400)).save(source, format="WEBP")
+    url = stack.api()
+    img = assert_bare_jpeg(stored_photo(stack, submit(url, source.getvalue(), "image/webp")))
+    assert img.size == (320, 400) and near(img.getpixel((10, 10)), RED)
