@@ -16,7 +16,7 @@ import pykka
 import redis
 
 from s2s.actors.registry import Publish, Resync
-from s2s.web.frames import Event, parse_event
+from s2s.events import Event, parse_event
 
 log = logging.getLogger("s2s.ws")
 

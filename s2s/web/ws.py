@@ -29,6 +29,7 @@ import tornado.websocket
 from attrs import Factory, define, field
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 
+from s2s import events
 from s2s.actors import LiveActors
 from s2s.actors.pinger import Track, Untrack
 from s2s.actors.registry import Forget, Unwatch, Watch
@@ -87,7 +88,7 @@ class StatsFeed:
             except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
                 log.warning("cannot read queue stats for sockets", extra={"error": repr(exc)})
             else:
-                frame = frames.wire(frames.stats_frame(stats))
+                frame = events.wire(frames.stats_frame(stats))
                 for socket in list(self.sockets):
                     socket.write_frame(frame)
             await asyncio.sleep(self.interval_s)
@@ -143,7 +144,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         return HARD_MAX_MESSAGE_BYTES
 
     def get_compression_options(self) -> None:
-        return None  # frames are written pre-built (frames.wire): no per-message deflate
+        return None  # frames are written pre-built (events.wire): no per-message deflate
 
     def check_origin(self, origin: str) -> bool:
         """CORS_ORIGINS, plus the API's own pages (same origin), whatever Tornado's version does by default."""
@@ -236,11 +237,11 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         if job is None:
             return None
         if last_seq is None:
-            return [frames.state_frame(job, self.base_url)]
-        events = await self.live.queue.events(job_id, last_seq)
-        if job.seq > last_seq and (not events or events[0]["seq"] > last_seq + 1):
-            return [frames.state_frame(job, self.base_url)]  # the log no longer reaches back: say where it stands
-        return events
+            return [events.state_frame(job, self.base_url)]
+        kept = await self.live.queue.events(job_id, last_seq)
+        if job.seq > last_seq and (not kept or kept[0]["seq"] > last_seq + 1):
+            return [events.state_frame(job, self.base_url)]  # the log no longer reaches back: say where it stands
+        return kept
 
     async def _catch_up(self, job_id: str, watch: JobWatch, missed: list[dict]) -> None:
         """Send ``missed`` then the buffered live events, each seq once and in order; then go live.
@@ -252,7 +253,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
             for frame in missed:
                 if frame["seq"] > watch.last_seq:
                     watch.last_seq = frame["seq"]
-                    self.send(frames.encode(frames.with_base_url(frame, self.base_url)))
+                    self.send(events.encode(events.with_base_url(frame, self.base_url)))
             if not watch.stale or self.jobs.get(job_id) is not watch:
                 break
             watch.stale = False
@@ -332,10 +333,10 @@ class JobSocket(tornado.websocket.WebSocketHandler):
 
     # ---- plumbing ------------------------------------------------------------------------------
     def send(self, text: str) -> None:
-        self.write_frame(frames.wire(text))
+        self.write_frame(events.wire(text))
 
     def write_frame(self, frame: bytes) -> None:
-        """Write a whole frame (see frames.wire); on the loop, so it never splits another frame."""
+        """Write a whole frame (see events.wire); on the loop, so it never splits another frame."""
         protocol = self.ws_connection
         if self.closed or protocol is None or protocol.is_closing():
             return
