@@ -8,14 +8,13 @@ tested alone (tests/test_ws.py). Job events, which the actors frame too, are in
 from __future__ import annotations
 
 import json
-import re
 
 from attrs import frozen
 
 from s2s.events import encode
+from s2s.models import is_job_id
 
 MAX_FRAME_BYTES = 64 * 1024  # a command is a few dozen bytes; anything near this is a mistake or abuse
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the same rule as the REST routes
 SUBSCRIPTION_PREFIX = "job:"  # the websocketSubscription form the POST answer gives
 TYPES = ("subscribe_to_job", "unsubscribe_from_job", "ping", "subscribe_to_stats")
 PONG = encode({"type": "pong"})
@@ -92,7 +91,7 @@ def _job_id(data: dict) -> str:
     if not isinstance(raw, str):
         raise FrameError("invalid_job_id", 'The "jobId" must be a string.')
     job_id = raw[len(SUBSCRIPTION_PREFIX):] if raw.startswith(SUBSCRIPTION_PREFIX) else raw
-    if not JOB_ID.match(job_id):
+    if not is_job_id(job_id):
         raise FrameError("invalid_job_id", 'The "jobId" is not a job id (1-64 letters, digits, "_" or "-").')
     return job_id
 

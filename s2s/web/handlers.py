@@ -21,7 +21,7 @@ from attrs import Factory, field, frozen
 from s2s import provider_state, uploads
 from s2s.admission import Admission, Refusal, client_key
 from s2s.catalog import Catalog
-from s2s.models import JobStatus, status_path
+from s2s.models import JOB_ID_PATTERN, JobStatus, status_path
 from s2s.queue import IdempotencyConflict, Queue
 from s2s.settings import Settings
 from s2s.timeouts import within
@@ -29,7 +29,7 @@ from s2s.uploads import InputError
 
 log = logging.getLogger("s2s.api")
 
-JOB_ID = r"(?P<job_id>[A-Za-z0-9_-]{1,64})"
+JOB_ID = rf"(?P<job_id>{JOB_ID_PATTERN})"  # a route segment; the handler gets it as job_id
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
