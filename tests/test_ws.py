@@ -33,10 +33,11 @@ from s2s.keys import Keys
 from s2s.models import Job
 from s2s.queue import Queue
 from s2s.web import frames
+from s2s.web.access import origin_allowed
 from s2s.web.app import make_app
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
 from s2s.web.handlers import AppContext
-from s2s.web.ws import WsContext, origin_allowed
+from s2s.web.ws import WsContext
 from tests.helpers import data_url, http_json, photo_bytes, wait_until
 
 KEYS = Keys("s2s")

@@ -8,7 +8,6 @@ turned into that shape too, never an HTML page or a stack trace.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -26,6 +25,7 @@ from s2s.queue import IdempotencyConflict, Queue
 from s2s.settings import Settings
 from s2s.timeouts import within
 from s2s.uploads import InputError
+from s2s.web.access import bearer_token, check_operator, origin_allowed
 
 log = logging.getLogger("s2s.api")
 
@@ -67,7 +67,7 @@ class ApiHandler(tornado.web.RequestHandler):
             allowed = self.ctx.settings.cors_origins
             if "*" in allowed:
                 self.set_header("Access-Control-Allow-Origin", "*")
-            elif origin.rstrip("/") in allowed:
+            elif origin_allowed(origin, allowed):
                 self.set_header("Access-Control-Allow-Origin", origin)
                 self.set_header("Vary", "Origin")
             self.set_header("Access-Control-Expose-Headers", "Location, Retry-After")
@@ -127,19 +127,14 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def require_operator(self) -> bool:
         """Bearer S2S_ADMIN_TOKEN: 401 without it, 403 wrong; the endpoints are off when it is unset."""
-        token = self.ctx.settings.admin_token
-        if not token:
-            self.fail(403, "operator_disabled", "Operator actions are disabled: S2S_ADMIN_TOKEN is not set.")
-            return False
-        header = self.request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        denied = check_operator(self.ctx.settings.admin_token, bearer_token(self.request.headers.get("Authorization")),
+                                "Authorization: Bearer ...")
+        if denied is None:
+            return True
+        if denied.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="s2s"')
-            self.fail(401, "unauthorized", "This action needs an operator token (Authorization: Bearer ...).")
-            return False
-        if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
-            self.fail(403, "forbidden", "The operator token is wrong.")
-            return False
-        return True
+        self.fail(denied.status, denied.code, denied.message)
+        return False
 
 
 @tornado.web.stream_request_body

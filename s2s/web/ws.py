@@ -15,7 +15,6 @@ missed, then live events, with no gap and no duplicate across the hand-over:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import secrets
@@ -37,6 +36,7 @@ from s2s.admission import client_key
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import frames
+from s2s.web.access import bearer_token, check_operator, origin_allowed
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
 
 log = logging.getLogger("s2s.ws")
@@ -47,11 +47,6 @@ MAX_UNSENT_BYTES = 1024 * 1024  # a client this far behind is cut off; it reconn
 CONFIRM_TIMEOUT_S = 5.0  # the registry answers in microseconds; this is for a wedged process
 REDIS_TIMEOUT_S = 5.0
 CATCH_UP_ATTEMPTS = 4  # then the socket is closed: never go on live with a gap
-
-
-def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
-    """The CORS_ORIGINS rule: ``*`` allows every origin, else an exact match (a trailing slash aside)."""
-    return "*" in allowed or origin.rstrip("/") in allowed
 
 
 class StatsFeed:
@@ -275,17 +270,10 @@ class JobSocket(tornado.websocket.WebSocketHandler):
 
     def subscribe_stats(self, command: SubscribeStats) -> None:
         """Operators only: the token in the frame, or the upgrade's ``Authorization: Bearer``."""
-        expected = self.live.settings.admin_token
-        if not expected:
-            return self.send(frames.error_frame(FrameError(
-                "operator_disabled", "Queue statistics need the operator token, and S2S_ADMIN_TOKEN is not set.")))
-        header = self.request.headers.get("Authorization", "")
-        given = command.token or (header[7:].strip() if header.startswith("Bearer ") else "")
-        if not given:
-            return self.send(frames.error_frame(FrameError(
-                "unauthorized", 'Queue statistics need the operator token (a "token" field or Authorization).')))
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return self.send(frames.error_frame(FrameError("forbidden", "The operator token is wrong.")))
+        given = command.token or bearer_token(self.request.headers.get("Authorization"))
+        denied = check_operator(self.live.settings.admin_token, given, 'a "token" field or Authorization: Bearer')
+        if denied is not None:
+            return self.send(frames.error_frame(FrameError(denied.code, denied.message)))
         self.live.stats.add(self)
 
     def unsubscribe(self, job_id: str) -> None:
