@@ -23,8 +23,8 @@ import redis.exceptions
 from s2s import timeouts
 from s2s.catalog import Catalog
 from s2s.metrics import ClusterMetrics, WorkerMetrics
-from s2s.provider_state import ProviderHealth
 from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report
+from s2s.providers.health import ProviderHealth
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
 
