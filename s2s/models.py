@@ -7,6 +7,7 @@ the one place that turns it into the contract's camelCase JSON.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
@@ -31,6 +32,14 @@ def iso_ms(ms: int | None) -> str | None:
         return None
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+JOB_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # what a job id may be, wherever one comes in (a route, a /ws frame)
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+def is_job_id(text: str) -> bool:
+    return _JOB_ID.fullmatch(text) is not None
 
 
 def image_path(job_id: str) -> str:

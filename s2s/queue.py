@@ -25,9 +25,9 @@ from s2s.fleet import WORKER_MEMORY_MS, Fleet
 from s2s.keys import Keys
 from s2s.models import Job, Stats, image_path
 from s2s.overview import Overview
+from s2s.redis_memory import StoreMemory
 from s2s.replies import text
 from s2s.settings import Settings
-from s2s.redis_memory import StoreMemory
 
 MAX_EVENTS = 200  # per-job event log bound; a job has a dozen in a normal life
 MAX_REFUNDS = 20  # rate-limited attempts given back per job; past that they count

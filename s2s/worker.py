@@ -26,8 +26,8 @@ from s2s.catalog import Catalog
 from s2s.metrics.counters import UPSTREAM_STARTED, WorkerMetrics
 from s2s.metrics.counters import field as metrics_field
 from s2s.metrics.store import ClusterMetrics
-from s2s.provider_state import ProviderHealth
 from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report, call_begins
+from s2s.providers.health import ProviderHealth
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
 

@@ -24,6 +24,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from s2s import events
 from s2s.actors import LiveActors
 from s2s.actors.registry import Forget, JobRegistry, Publish, Resync, Unwatch, Watch
 from s2s.catalog import Catalog
@@ -32,10 +33,11 @@ from s2s.keys import Keys
 from s2s.models import Job
 from s2s.queue import Queue
 from s2s.web import frames
+from s2s.web.access import origin_allowed
 from s2s.web.app import make_app
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
 from s2s.web.handlers import AppContext
-from s2s.web.ws import WsContext, origin_allowed
+from s2s.web.ws import WsContext
 from tests.helpers import data_url, http_json, photo_bytes, wait_until, wait_until_async
 
 KEYS = Keys("s2s")
@@ -190,39 +192,39 @@ def job(status: str, **extra) -> Job:
 
 def test_state_frames_say_where_a_job_stands():
     base = "https://s2s.example"
-    assert frames.state_frame(job("queued", progress="0", message="Waiting"), base) == {
+    assert events.state_frame(job("queued", progress="0", message="Waiting"), base) == {
         "type": "job_progress", "jobId": "j1", "status": "queued", "progress": 0, "message": "Waiting", "seq": 6}
-    assert frames.state_frame(job("processing"), base) == {
+    assert events.state_frame(job("processing"), base) == {
         "type": "job_progress", "jobId": "j1", "status": "processing", "progress": 40, "message": "Drawing",
         "seq": 6}
-    assert frames.state_frame(job("completed"), base) == {
+    assert events.state_frame(job("completed"), base) == {
         "type": "job_completed", "jobId": "j1", "status": "completed", "progress": 100,
         "result": {"imageUrl": "https://s2s.example/api/jobs/j1/image"}, "seq": 6}
-    assert frames.state_frame(job("failed", error="Upstream said no.", errorCode="upstream"), base) == {
+    assert events.state_frame(job("failed", error="Upstream said no.", errorCode="upstream"), base) == {
         "type": "job_failed", "jobId": "j1", "status": "failed", "error": "Upstream said no.", "code": "upstream",
         "seq": 6}
-    assert frames.state_frame(job("cancelled"), base) == {
+    assert events.state_frame(job("cancelled"), base) == {
         "type": "job_cancelled", "jobId": "j1", "status": "cancelled", "seq": 6}
 
 
 def test_live_events_pass_through_except_image_links():
     progress = '{"type":"job_progress","jobId":"j1","status":"processing","progress":10,"message":"m","seq":2}'
-    event = frames.parse_event(progress.encode())
+    event = events.parse_event(progress.encode())
     assert event == ("j1", 2, "job_progress", progress, json.loads(progress))
-    assert frames.event_text(event, "http://a") is event.text  # the published text itself, not re-encoded
+    assert events.event_text(event, "http://a") is event.text  # the published text itself, not re-encoded
 
-    done = frames.parse_event('{"type":"job_completed","jobId":"j1","status":"completed","progress":100,'
+    done = events.parse_event('{"type":"job_completed","jobId":"j1","status":"completed","progress":100,'
                               '"result":{"imageUrl":"\\/api\\/jobs\\/j1\\/image"},"seq":3}')
-    assert json.loads(frames.event_text(done, "http://a:1"))["result"] == {"imageUrl": "http://a:1/api/jobs/j1/image"}
+    assert json.loads(events.event_text(done, "http://a:1"))["result"] == {"imageUrl": "http://a:1/api/jobs/j1/image"}
     assert done.frame["result"]["imageUrl"] == "/api/jobs/j1/image", "the shared event is not changed"
     absolute = {"result": {"imageUrl": "https://cdn/x.png"}, "seq": 1}
-    assert frames.with_base_url(absolute, "http://a") is absolute
+    assert events.with_base_url(absolute, "http://a") is absolute
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"type":"job_progress"}', b'{"jobId":"a","seq":"x"}',
                                  b"\xff\xfe"])
 def test_anything_else_on_the_channel_is_ignored(raw):
-    assert frames.parse_event(raw) is None
+    assert events.parse_event(raw) is None
 
 
 def unwire(data: bytes) -> tuple[int, str]:
@@ -240,7 +242,7 @@ def unwire(data: bytes) -> tuple[int, str]:
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
 def test_wire_frames_follow_rfc_6455(size):
     text = "é" * (size // 2) + "x" * (size % 2)  # multi-byte characters: lengths count bytes
-    assert unwire(frames.wire(text)) == (0x81, text)  # FIN + text opcode, no RSV bits
+    assert unwire(events.wire(text)) == (0x81, text)  # FIN + text opcode, no RSV bits
 
 
 def test_origins_follow_cors_origins():
@@ -286,11 +288,11 @@ class FakeSocket:
         self.resyncs.append(job_id)
 
 
-def event(job_id: str, seq: int, kind: str = "job_progress") -> frames.Event:
+def event(job_id: str, seq: int, kind: str = "job_progress") -> events.Event:
     frame = {"type": kind, "jobId": job_id, "seq": seq}
     if kind == "job_completed":
         frame["result"] = {"imageUrl": f"/api/jobs/{job_id}/image"}
-    return frames.Event(job_id, seq, kind, json.dumps(frame), frame)
+    return events.Event(job_id, seq, kind, json.dumps(frame), frame)
 
 
 def test_the_registry_routes_each_event_to_exactly_its_watchers():

@@ -17,8 +17,8 @@ from typing import NamedTuple, Protocol
 import pykka
 from tornado.ioloop import IOLoop
 
+from s2s.events import Event, event_text, wire
 from s2s.metrics.counters import EVENTS_DELIVERED_FIELD, Counts
-from s2s.web.frames import Event, event_text, wire
 
 log = logging.getLogger("s2s.ws")
 

@@ -17,9 +17,9 @@ import redis
 
 from s2s import connections
 from s2s.actors.registry import Publish, Resync
-from s2s.settings import Settings
 from s2s.backoff import Backoff
-from s2s.web.frames import Event, parse_event
+from s2s.events import Event, parse_event
+from s2s.settings import Settings
 
 log = logging.getLogger("s2s.ws")
 

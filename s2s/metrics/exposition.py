@@ -14,8 +14,14 @@ from attrs import frozen
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from s2s.metrics.counters import (DURATION_BUCKETS, EVENTS_DELIVERED, JOB_DURATION, JOBS, UPSTREAM_CALLS,
-                                  UPSTREAM_STARTED)
+from s2s.metrics.counters import (
+    DURATION_BUCKETS,
+    EVENTS_DELIVERED,
+    JOB_DURATION,
+    JOBS,
+    UPSTREAM_CALLS,
+    UPSTREAM_STARTED,
+)
 from s2s.metrics.store import ClusterMetrics
 from s2s.models import Stats
 from s2s.queue import Queue

@@ -1,33 +1,22 @@
-"""WebSocket frames as plain functions: client commands in, job events and errors out.
+"""/ws frames as plain functions: client commands in, replies and errors out.
 
 Nothing here touches a socket, a thread or Redis, so every wire shape of /ws is
-tested alone (tests/test_ws.py). Job events arrive as the JSON the Lua scripts
-published; only a completed job's ``result.imageUrl`` is rewritten (made
-absolute), every other event goes out as the very text Redis carried.
+tested alone (tests/test_ws.py). Job events, which the actors frame too, are in
+:mod:`s2s.events`.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import struct
-from typing import NamedTuple
 
 from attrs import frozen
 
-from s2s.models import Job, JobStatus, image_path
+from s2s.events import encode
+from s2s.models import is_job_id
 
 MAX_FRAME_BYTES = 64 * 1024  # a command is a few dozen bytes; anything near this is a mistake or abuse
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the same rule as the REST routes
 SUBSCRIPTION_PREFIX = "job:"  # the websocketSubscription form the POST answer gives
 TYPES = ("subscribe_to_job", "unsubscribe_from_job", "ping", "subscribe_to_stats")
-_COMPACT = (",", ":")
-
-
-def encode(frame: dict) -> str:
-    return json.dumps(frame, separators=_COMPACT, ensure_ascii=False)
-
-
 PONG = encode({"type": "pong"})
 
 
@@ -102,7 +91,7 @@ def _job_id(data: dict) -> str:
     if not isinstance(raw, str):
         raise FrameError("invalid_job_id", 'The "jobId" must be a string.')
     job_id = raw[len(SUBSCRIPTION_PREFIX):] if raw.startswith(SUBSCRIPTION_PREFIX) else raw
-    if not JOB_ID.match(job_id):
+    if not is_job_id(job_id):
         raise FrameError("invalid_job_id", 'The "jobId" is not a job id (1-64 letters, digits, "_" or "-").')
     return job_id
 
@@ -118,74 +107,6 @@ def _last_seq(data: dict) -> int | None:
 
 
 # ---- server to client ----------------------------------------------------------------------
-class Event(NamedTuple):
-    """One job event off the events channel: its text as published and the fields routing needs."""
-
-    job_id: str
-    seq: int
-    type: str
-    text: str
-    frame: dict
-
-
-def parse_event(raw: str | bytes) -> Event | None:
-    """An event published by the Lua scripts, or None for anything else on the channel."""
-    try:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        frame = json.loads(text)
-        return Event(frame["jobId"], int(frame["seq"]), frame["type"], text, frame)
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def with_base_url(frame: dict, base_url: str) -> dict:
-    """The frame with a relative ``result.imageUrl`` made absolute, as GET /status shows it."""
-    result = frame.get("result")
-    if not isinstance(result, dict):
-        return frame
-    url = result.get("imageUrl")
-    if not isinstance(url, str) or not url.startswith("/"):
-        return frame
-    return {**frame, "result": {**result, "imageUrl": base_url + url}}
-
-
-def event_text(event: Event, base_url: str) -> str:
-    """What a socket is sent for a live event: the published text, unless it carries a link to fix."""
-    if event.type != "job_completed":
-        return event.text
-    return encode(with_base_url(event.frame, base_url))
-
-
-def state_frame(job: Job, base_url: str) -> dict:
-    """The job's current state as the event that put it there (for a subscriber without lastSeq)."""
-    head = {"jobId": job.id, "status": job.status.value}
-    if job.status is JobStatus.COMPLETED:
-        return {"type": "job_completed", **head, "progress": 100,
-                "result": {"imageUrl": base_url + image_path(job.id)}, "seq": job.seq}
-    if job.status is JobStatus.FAILED:
-        return {"type": "job_failed", **head, "error": job.error or "The picture could not be made.",
-                "code": job.error_code or "failed", "seq": job.seq}
-    if job.status is JobStatus.CANCELLED:
-        return {"type": "job_cancelled", **head, "seq": job.seq}
-    return {"type": "job_progress", **head, "progress": job.progress, "message": job.message, "seq": job.seq}
-
-
-def wire(text: str) -> bytes:
-    """A whole server-to-client text frame (RFC 6455 5.2: FIN, opcode 1, unmasked, no extension).
-
-    Built once per event and written as is to every socket watching it: Tornado's
-    write_message would re-encode and re-frame the same text for each socket and
-    wrap every write in a new task, which was half of the API's time under load.
-    """
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        return struct.pack("!BB", 0x81, size) + payload
-    if size <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
-
-
 PING = b"\x89\x00"  # a whole ping frame (FIN, opcode 9, no payload)
 
 

@@ -8,7 +8,6 @@ turned into that shape too, never an HTML page or a stack trace.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -21,16 +20,17 @@ from attrs import Factory, field, frozen
 from s2s import logs, provider_state, redis_memory, uploads
 from s2s.admission import Admission, Refusal, client_key
 from s2s.catalog import Catalog
-from s2s.models import JobStatus, status_path
+from s2s.models import JOB_ID_PATTERN, JobStatus, status_path
 from s2s.queue import IdempotencyConflict, IdempotencyKey, Queue
 from s2s.settings import Settings
 from s2s.timeouts import within
 from s2s.uploads import InputError
+from s2s.web.access import bearer_token, check_operator, origin_allowed
 from s2s.web.describe import JSON, NO_STORE, answer, describe, error, operation, ref, retry_after
 
 log = logging.getLogger("s2s.api")
 
-JOB_ID = r"(?P<job_id>[A-Za-z0-9_-]{1,64})"
+JOB_ID = rf"(?P<job_id>{JOB_ID_PATTERN})"  # a route segment; the handler gets it as job_id
 HEALTH_PROBE_S = 0.8  # health answers within a second, Redis or not: the probe gets this, the answer the rest
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # A 1x1 PNG: the example submission of the description is a real one (the API accepts it).
@@ -73,7 +73,7 @@ class ApiHandler(tornado.web.RequestHandler):
             allowed = self.ctx.settings.cors_origins
             if "*" in allowed:
                 self.set_header("Access-Control-Allow-Origin", "*")
-            elif origin.rstrip("/") in allowed:
+            elif origin_allowed(origin, allowed):
                 self.set_header("Access-Control-Allow-Origin", origin)
                 self.set_header("Vary", "Origin")
             self.set_header("Access-Control-Expose-Headers", "Location, Retry-After")
@@ -142,19 +142,14 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def require_operator(self) -> bool:
         """Bearer S2S_ADMIN_TOKEN: 401 without it, 403 wrong; the endpoints are off when it is unset."""
-        token = self.ctx.settings.admin_token
-        if not token:
-            self.fail(403, "operator_disabled", "Operator actions are disabled: S2S_ADMIN_TOKEN is not set.")
-            return False
-        header = self.request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        denied = check_operator(self.ctx.settings.admin_token, bearer_token(self.request.headers.get("Authorization")),
+                                "Authorization: Bearer ...")
+        if denied is None:
+            return True
+        if denied.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="s2s"')
-            self.fail(401, "unauthorized", "This action needs an operator token (Authorization: Bearer ...).")
-            return False
-        if not hmac.compare_digest(header[7:].strip().encode(), token.encode()):
-            self.fail(403, "forbidden", "The operator token is wrong.")
-            return False
-        return True
+        self.fail(denied.status, denied.code, denied.message)
+        return False
 
 
 @describe("/api/jobs/generate-image", post=lambda settings, catalog: operation(

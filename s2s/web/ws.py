@@ -2,20 +2,14 @@
 
 A socket is a plain Tornado handler, never a thread or an actor: the registry
 actor routes events to it through ``io_loop.add_callback`` and the pinger
-sweeps it on the loop. On subscribe the socket first sends what the client
-missed, then live events, with no gap and no duplicate across the hand-over:
-
-1. it asks the registry to route the job's events here, buffering them;
-2. once the registry confirms, it reads the job (or its event log) from Redis:
-   anything published before the confirmation is already there;
-3. it sends that, then the buffer, dropping every event whose ``seq`` it has
-   already sent; from then on events go straight out, filtered the same way.
+sweeps it on the loop. How a subscriber gets what it missed and then live
+events is :mod:`s2s.web.catch_up`; operators' ``queue_stats`` come from
+:mod:`s2s.web.stats_feed`; frames go out through :mod:`s2s.web.tornado_internals`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import secrets
@@ -27,16 +21,20 @@ import pykka
 import redis.exceptions
 import tornado.websocket
 from attrs import Factory, define, field
-from tornado.iostream import StreamBufferFullError, StreamClosedError
 
+from s2s import events
 from s2s.actors import LiveActors
 from s2s.actors.pinger import Track, Untrack
 from s2s.actors.registry import Forget, Unwatch, Watch
 from s2s.admission import client_key
 from s2s.queue import Queue
 from s2s.settings import Settings
-from s2s.web import frames
+from s2s.web import frames, tornado_internals
+from s2s.web.access import bearer_token, check_operator, origin_allowed
+from s2s.web.catch_up import REDIS_TIMEOUT_S, JobWatch, catch_up, first_frames, report_failure
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
+from s2s.web.stats_feed import StatsFeed
+from s2s.web.tornado_internals import Written
 
 log = logging.getLogger("s2s.ws")
 
@@ -44,53 +42,6 @@ HARD_MAX_MESSAGE_BYTES = 1024 * 1024  # Tornado drops a socket over this; up to 
 MAX_JOBS_PER_SOCKET = 100
 MAX_UNSENT_BYTES = 1024 * 1024  # a client this far behind is cut off; it reconnects with lastSeq and catches up
 CONFIRM_TIMEOUT_S = 5.0  # the registry answers in microseconds; this is for a wedged process
-REDIS_TIMEOUT_S = 5.0
-CATCH_UP_ATTEMPTS = 4  # then the socket is closed: never go on live with a gap
-
-
-def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
-    """The CORS_ORIGINS rule: ``*`` allows every origin, else an exact match (a trailing slash aside)."""
-    return "*" in allowed or origin.rstrip("/") in allowed
-
-
-class StatsFeed:
-    """``queue_stats`` for every stats subscriber of this process from one Redis read a second.
-
-    One task on the loop, running only while someone listens: a hundred operator
-    consoles cost what one does.
-    """
-
-    def __init__(self, queue: Queue, interval_s: float = 1.0):
-        self.queue = queue
-        self.interval_s = interval_s
-        self.sockets: set[JobSocket] = set()
-        self._task: asyncio.Task | None = None
-
-    def add(self, socket: JobSocket) -> None:
-        self.sockets.add(socket)
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run())
-            self._task.add_done_callback(_report_failure)
-
-    def discard(self, socket: JobSocket) -> None:
-        self.sockets.discard(socket)
-
-    def stop(self) -> None:
-        self.sockets.clear()
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _run(self) -> None:
-        while self.sockets:
-            try:
-                stats = await asyncio.wait_for(self.queue.overview.snapshot(), REDIS_TIMEOUT_S)
-            except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
-                log.warning("cannot read queue stats for sockets", extra={"error": repr(exc)})
-            else:
-                frame = frames.wire(frames.stats_frame(stats))
-                for socket in list(self.sockets):
-                    socket.write_frame(frame)
-            await asyncio.sleep(self.interval_s)
 
 
 @define
@@ -110,23 +61,6 @@ class WsContext:
             socket.close(1001, reason)
 
 
-class JobWatch:
-    """One socket's view of one job: the last seq it was sent, and a buffer while it catches up."""
-
-    __slots__ = ("last_seq", "buffer", "stale", "confirmed")
-
-    def __init__(self, last_seq: int, confirmed: asyncio.Future | None = None):
-        self.last_seq = last_seq
-        self.buffer: list[tuple[int, bytes]] | None = []  # None: caught up, events go straight out
-        self.stale = False  # a resync came while catching up: read the log once more
-        self.confirmed = confirmed
-
-
-def _report_failure(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("catching up a socket failed", exc_info=task.exception())
-
-
 class JobSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, live: WsContext) -> None:
         self.live = live
@@ -143,7 +77,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         return HARD_MAX_MESSAGE_BYTES
 
     def get_compression_options(self) -> None:
-        return None  # frames are written pre-built (frames.wire): no per-message deflate
+        return None  # frames are written pre-built (events.wire): no per-message deflate
 
     def check_origin(self, origin: str) -> bool:
         """CORS_ORIGINS, plus the API's own pages (same origin), whatever Tornado's version does by default."""
@@ -168,7 +102,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         self.client_id = secrets.token_urlsafe(9)
         self.base_url = self.live.settings.public_url or f"{self.request.protocol}://{self.request.host}"
         self.set_nodelay(True)  # small frames: Nagle would hold one back for the peer's delayed ACK
-        self.ws_connection.stream.max_write_buffer_size = MAX_UNSENT_BYTES
+        tornado_internals.limit_unsent(self, MAX_UNSENT_BYTES)
         self.live.sockets.add(self)
         self._tell(self.live.actors.pinger, Track(self))
         self.send(frames.confirmed_frame(self.client_id))
@@ -216,7 +150,8 @@ class JobSocket(tornado.websocket.WebSocketHandler):
             watch.confirmed = None
             if self.jobs.get(job_id) is not watch:
                 return  # the socket closed meanwhile
-            first = await asyncio.wait_for(self._first_frames(job_id, command.last_seq), REDIS_TIMEOUT_S)
+            first = await asyncio.wait_for(first_frames(self.live.queue, job_id, command.last_seq, self.base_url),
+                                           REDIS_TIMEOUT_S)
         except (pykka.ActorDeadError, asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
             log.warning("subscribe failed", extra={"client": self.client_id, "job": job_id, "error": repr(exc)})
             self.unsubscribe(job_id)
@@ -228,63 +163,14 @@ class JobSocket(tornado.websocket.WebSocketHandler):
             self.unsubscribe(job_id)
             return self.send(frames.error_frame(FrameError(
                 "job_not_found", f"No job {job_id!r} (it may have expired).", job_id)))
-        await self._catch_up(job_id, watch, first)
-
-    async def _first_frames(self, job_id: str, last_seq: int | None) -> list[dict] | None:
-        """What a new subscriber missed: the current state, or the kept events after ``last_seq``."""
-        job = await self.live.queue.get(job_id)
-        if job is None:
-            return None
-        if last_seq is None:
-            return [frames.state_frame(job, self.base_url)]
-        events = await self.live.queue.events(job_id, last_seq)
-        if job.seq > last_seq and (not events or events[0]["seq"] > last_seq + 1):
-            return [frames.state_frame(job, self.base_url)]  # the log no longer reaches back: say where it stands
-        return events
-
-    async def _catch_up(self, job_id: str, watch: JobWatch, missed: list[dict]) -> None:
-        """Send ``missed`` then the buffered live events, each seq once and in order; then go live.
-
-        While ``watch.stale``, the job's log is read again from the last seq sent.
-        """
-        failures = 0
-        while True:
-            for frame in missed:
-                if frame["seq"] > watch.last_seq:
-                    watch.last_seq = frame["seq"]
-                    self.send(frames.encode(frames.with_base_url(frame, self.base_url)))
-            if not watch.stale or self.jobs.get(job_id) is not watch:
-                break
-            watch.stale = False
-            try:
-                missed = await asyncio.wait_for(self.live.queue.events(job_id, watch.last_seq), REDIS_TIMEOUT_S)
-            except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
-                failures += 1
-                if failures >= CATCH_UP_ATTEMPTS:
-                    log.warning("cannot catch up; closing the socket so that its client resubscribes",
-                                extra={"client": self.client_id, "job": job_id, "error": repr(exc)})
-                    self._forget()
-                    self.close(1013, "Live updates were interrupted; reconnect and resubscribe with lastSeq.")
-                    return
-                missed, watch.stale = [], True
-                await asyncio.sleep(0.2 * failures)
-        buffered, watch.buffer = watch.buffer or [], None
-        for seq, frame in buffered:
-            self.on_event(job_id, seq, frame)
+        await catch_up(self, self.live.queue, job_id, watch, first)
 
     def subscribe_stats(self, command: SubscribeStats) -> None:
         """Operators only: the token in the frame, or the upgrade's ``Authorization: Bearer``."""
-        expected = self.live.settings.admin_token
-        if not expected:
-            return self.send(frames.error_frame(FrameError(
-                "operator_disabled", "Queue statistics need the operator token, and S2S_ADMIN_TOKEN is not set.")))
-        header = self.request.headers.get("Authorization", "")
-        given = command.token or (header[7:].strip() if header.startswith("Bearer ") else "")
-        if not given:
-            return self.send(frames.error_frame(FrameError(
-                "unauthorized", 'Queue statistics need the operator token (a "token" field or Authorization).')))
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return self.send(frames.error_frame(FrameError("forbidden", "The operator token is wrong.")))
+        given = command.token or bearer_token(self.request.headers.get("Authorization"))
+        denied = check_operator(self.live.settings.admin_token, given, 'a "token" field or Authorization: Bearer')
+        if denied is not None:
+            return self.send(frames.error_frame(FrameError(denied.code, denied.message)))
         self.live.stats.add(self)
 
     def unsubscribe(self, job_id: str) -> None:
@@ -299,24 +185,13 @@ class JobSocket(tornado.websocket.WebSocketHandler):
 
     def on_event(self, job_id: str, seq: int, frame: bytes) -> None:
         watch = self.jobs.get(job_id)
-        if watch is None:
-            return
-        if watch.buffer is not None:
-            watch.buffer.append((seq, frame))
-        elif seq > watch.last_seq:
-            watch.last_seq = seq
+        if watch is not None and watch.live(seq, frame):
             self.write_frame(frame)
 
     def on_resync(self, job_id: str) -> None:
         watch = self.jobs.get(job_id)
-        if watch is None:
-            return
-        if watch.buffer is not None:
-            watch.stale = True
-            return
-        watch.buffer = []
-        watch.stale = True
-        asyncio.ensure_future(self._catch_up(job_id, watch, [])).add_done_callback(_report_failure)
+        if watch is not None and watch.resync():
+            asyncio.ensure_future(catch_up(self, self.live.queue, job_id, watch, [])).add_done_callback(report_failure)
 
     def check_alive(self, now: float, timeout_s: float) -> None:
         if self.closed:
@@ -332,21 +207,21 @@ class JobSocket(tornado.websocket.WebSocketHandler):
 
     # ---- plumbing ------------------------------------------------------------------------------
     def send(self, text: str) -> None:
-        self.write_frame(frames.wire(text))
+        self.write_frame(events.wire(text))
 
     def write_frame(self, frame: bytes) -> None:
-        """Write a whole frame (see frames.wire); on the loop, so it never splits another frame."""
-        protocol = self.ws_connection
-        if self.closed or protocol is None or protocol.is_closing():
+        """Write a whole pre-built frame (see events.wire), cutting off a client too far behind."""
+        if self.closed:
             return
-        try:
-            protocol.stream.write(frame)  # its future fails quietly if the peer leaves (Tornado silences it)
-        except StreamClosedError:
+        written = tornado_internals.write_frame(self, frame)
+        if written is Written.FULL:
+            log.info("socket too far behind; closed it", extra={"client": self.client_id})
+        if written in (Written.CLOSED, Written.FULL):
             self._forget()
-        except StreamBufferFullError:
-            log.info("socket too far behind; closing it", extra={"client": self.client_id})
-            self._forget()
-            protocol.stream.close()  # no close frame: there is no room to queue one
+
+    def interrupted(self) -> None:
+        self._forget()
+        self.close(1013, "Live updates were interrupted; reconnect and resubscribe with lastSeq.")
 
     def _forget(self) -> None:
         """The socket is gone (or going): drop its subscriptions, quietly."""

@@ -1,0 +1,121 @@
+"""Catch-up: a new subscriber gets what it missed, then live events, with no gap and no duplicate.
+
+On subscribe a socket
+
+1. asks the registry to route the job's events here, keeping them in a buffer;
+2. once the registry confirms, reads the job (or its event log) from Redis:
+   anything published before the confirmation is already there;
+3. sends that, then the buffer, dropping every event whose ``seq`` it has
+   already sent; from then on events go straight out, filtered the same way.
+
+A resync (the events link dropped, events may be lost) runs steps 2-3 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import redis.exceptions
+
+from s2s import events
+from s2s.queue import Queue
+
+log = logging.getLogger("s2s.ws")
+
+REDIS_TIMEOUT_S = 5.0
+CATCH_UP_ATTEMPTS = 4  # then the socket is closed: never go on live with a gap
+
+
+class JobWatch:
+    """One socket's view of one job: the last seq it was sent, and a buffer while it catches up."""
+
+    __slots__ = ("last_seq", "buffer", "stale", "confirmed")
+
+    def __init__(self, last_seq: int, confirmed: asyncio.Future | None = None):
+        self.last_seq = last_seq
+        self.buffer: list[tuple[int, bytes]] | None = []  # None: caught up, events go straight out
+        self.stale = False  # a resync came while catching up: read the log once more
+        self.confirmed = confirmed  # set by the registry's confirmation (or by the socket closing)
+
+    def live(self, seq: int, frame: bytes) -> bool:
+        """A live event: kept while catching up; True when it is to be written now."""
+        if self.buffer is not None:
+            self.buffer.append((seq, frame))
+            return False
+        if seq <= self.last_seq:
+            return False
+        self.last_seq = seq
+        return True
+
+    def resync(self) -> bool:
+        """Events may have been lost: True when a catch-up has to start (none is running)."""
+        self.stale = True
+        if self.buffer is not None:
+            return False
+        self.buffer = []
+        return True
+
+
+class Catching(Protocol):
+    """The socket, as catch-up sees it (on the loop)."""
+
+    jobs: dict[str, JobWatch]
+    base_url: str
+
+    def send(self, text: str) -> None: ...
+
+    def on_event(self, job_id: str, seq: int, frame: bytes) -> None: ...
+
+    def interrupted(self) -> None:
+        """Catch-up cannot go on: close so that the client resubscribes with lastSeq."""
+
+
+async def first_frames(queue: Queue, job_id: str, last_seq: int | None, base_url: str) -> list[dict] | None:
+    """What a new subscriber missed: the current state, or the kept events after ``last_seq``; None: no job."""
+    job = await queue.get(job_id)
+    if job is None:
+        return None
+    if last_seq is None:
+        return [events.state_frame(job, base_url)]
+    kept = await queue.events(job_id, last_seq)
+    if job.seq > last_seq and (not kept or kept[0]["seq"] > last_seq + 1):
+        return [events.state_frame(job, base_url)]  # the log no longer reaches back: say where it stands
+    return kept
+
+
+async def catch_up(socket: Catching, queue: Queue, job_id: str, watch: JobWatch, missed: list[dict]) -> None:
+    """Send ``missed`` then the buffered live events, each seq once and in order; then go live.
+
+    While ``watch.stale``, the job's log is read again from the last seq sent.
+    """
+    failures = 0
+    while True:
+        for frame in missed:
+            if frame["seq"] > watch.last_seq:
+                watch.last_seq = frame["seq"]
+                socket.send(events.encode(events.with_base_url(frame, socket.base_url)))
+        if not watch.stale or socket.jobs.get(job_id) is not watch:
+            break
+        watch.stale = False
+        try:
+            missed = await asyncio.wait_for(queue.events(job_id, watch.last_seq), REDIS_TIMEOUT_S)
+        except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            failures += 1
+            if failures >= CATCH_UP_ATTEMPTS:
+                log.warning("cannot catch up; closing the socket so that its client resubscribes",
+                            extra={"job": job_id, "error": repr(exc)})
+                socket.interrupted()
+                return
+            missed, watch.stale = [], True
+            await asyncio.sleep(0.2 * failures)
+    buffered, watch.buffer = watch.buffer or [], None
+    for seq, frame in buffered:
+        socket.on_event(job_id, seq, frame)
+
+
+def report_failure(task: asyncio.Future) -> None:
+    """Done-callback for a catch-up run as a task: its failure is logged, not lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("catching up a socket failed", exc_info=task.exception())
