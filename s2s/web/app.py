@@ -15,6 +15,7 @@ from s2s.catalog import Catalog
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import handlers as h
+from s2s.web import submit
 from s2s.web.demo import browser_routes
 from s2s.web.draining import DrainingHTTPServer
 from s2s.web.metrics import MetricsHandler, ProcessMetrics
@@ -34,7 +35,7 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None,
     sockets = [(r"/ws", JobSocket, {"live": live})] if live is not None else []
     routes = [
         *sockets,
-        (r"/api/jobs/generate-image", h.GenerateImageHandler, {"ctx": ctx}),
+        (r"/api/jobs/generate-image", submit.GenerateImageHandler, {"ctx": ctx}),
         (r"/api/jobs/stats", h.StatsHandler, {"ctx": ctx}),
         (r"/api/jobs/health", h.HealthHandler, {"ctx": ctx}),
         (route + r"/status", h.JobStatusHandler, {"ctx": ctx}),

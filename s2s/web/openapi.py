@@ -21,13 +21,12 @@ import tornado.websocket
 
 from s2s import __version__
 from s2s.catalog import Catalog
-from s2s.models import JobStatus
+from s2s.models import JOB_ID_PATTERN, JobStatus
 from s2s.settings import Settings
-from s2s.uploads import MAX_HERO_NAME
 from s2s.web.describe import COUNT, answer, describe, error, operation, ref
-from s2s.web.handlers import JOB_ID, ApiHandler
+from s2s.web.handlers import ApiHandler
 
-JOB_ID_PATTERN = "^" + JOB_ID.split(">", 1)[1][:-1] + "$"  # the route's own pattern, without its group
+JOB_ID_ANCHORED = f"^{JOB_ID_PATTERN}$"  # the pattern the routes and /ws frames enforce, whole
 
 WEBSOCKET = """\
 ## Live progress: the WebSocket `/ws`
@@ -72,7 +71,7 @@ def build(settings: Settings, catalog: Catalog, handlers: Iterable[type]) -> dic
             raise TypeError(f"{handler.__name__} serves a route but has no @describe(...) (s2s.web.describe)")
         path, operations, own_schemas = handler.openapi
         paths[path] = _path_item(handler, path, operations, settings, catalog)
-        schemas.update(own_schemas)
+        schemas.update(own_schemas(settings, catalog) if callable(own_schemas) else own_schemas)
     doc: dict = {
         "openapi": "3.1.0",
         "info": {
@@ -104,7 +103,7 @@ def build(settings: Settings, catalog: Catalog, handlers: Iterable[type]) -> dic
             "parameters": {
                 "JobId": {"name": "jobId", "in": "path", "required": True,
                           "description": "The `jobId` a submission answered with.",
-                          "schema": {"type": "string", "pattern": JOB_ID_PATTERN}},
+                          "schema": {"type": "string", "pattern": JOB_ID_ANCHORED}},
             },
             "headers": {
                 "Location": {"required": True, "description": "Where the job's status is read.",
@@ -229,11 +228,6 @@ def _counts() -> dict:
 
 
 def _schemas(settings: Settings, catalog: Catalog) -> dict:
-    def choice(options, default: str) -> dict:
-        # null counts as "not given" (the default), so the schema admits it
-        return {"enum": [*options, None], "default": default,
-                "description": f"Default `{default}`; the choices are listed by GET /api/catalog."}
-
     counts = _counts()
     probe = {  # what GET /api/jobs/health found
         "redis": {"type": "object", "required": ["ok", "rttMs"], "properties": {
@@ -260,46 +254,13 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                                                              "field, the limit that was hit, ..."},
             },
         },
-        "Submission": {
-            "type": "object",
-            "required": ["heroName", "originalImageBase64"],
-            "properties": {
-                "heroName": {"type": "string", "minLength": 1, "examples": ["Mia"], "description": (
-                    f"1-{MAX_HERO_NAME} characters after trimming surrounding whitespace, no control characters; "
-                    "drawn on the cover.")},
-                "originalImageBase64": {
-                    "type": "string", "minLength": 1,
-                    "description": (
-                        "The photo: a data URL (`data:image/jpeg;base64,...`, also png and webp) or bare "
-                        "base64. It must decode to a whole, readable image of the declared type, of at most "
-                        f"{settings.max_image_bytes} bytes (MAX_IMAGE_BYTES) and {settings.max_image_pixels} "
-                        "pixels (S2S_MAX_IMAGE_PIXELS)."),
-                },
-                "themeId": choice(catalog.themes, catalog.default_theme),
-                "styleKey": choice(catalog.styles, catalog.default_style),
-                "kind": choice(catalog.kinds, catalog.default_kind),
-            },
-        },
-        "Accepted": {
-            "type": "object",
-            "required": ["jobId", "status", "message", "statusUrl", "websocketSubscription"],
-            "properties": {
-                "jobId": {"type": "string", "pattern": JOB_ID_PATTERN,
-                          "description": "Unguessable: at least 128 random bits, URL-safe."},
-                "status": {"const": "queued"},
-                "message": {"type": "string"},
-                "statusUrl": {"type": "string", "format": "uri-reference"},
-                "websocketSubscription": {"type": "string", "pattern": "^job:",
-                                          "description": "The `jobId` to give `subscribe_to_job` on /ws."},
-            },
-        },
         "Job": {
             "type": "object",
             "description": "A job as GET /api/jobs/{jobId}/status tells it (`s2s.models.Job.to_json`).",
             "required": ["jobId", "status", "progress", "message", "createdAt", "attempts", "maxAttempts",
                          "heroName", "themeId", "styleKey", "kind", "seq"],
             "properties": {
-                "jobId": {"type": "string", "pattern": JOB_ID_PATTERN},
+                "jobId": {"type": "string", "pattern": JOB_ID_ANCHORED},
                 "status": {"enum": _STATUSES},
                 "progress": {"type": "integer", "minimum": 0, "maximum": 100,
                              "description": "Never goes down within an attempt."},

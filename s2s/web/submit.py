@@ -1,0 +1,202 @@
+"""POST /api/jobs/generate-image: the submit, from the first header to the 202.
+
+Refusals that need no body (rate, type, size) come before it is read; the body is then
+validated and the photo prepared (:mod:`s2s.uploads`) off the IOLoop, and only a whole,
+valid job is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import redis.exceptions
+import tornado.web
+
+from s2s import redis_memory, uploads
+from s2s.admission import Refusal, client_key
+from s2s.models import JOB_ID_PATTERN, status_path
+from s2s.queue import IdempotencyConflict, IdempotencyKey
+from s2s.uploads import MAX_HERO_NAME, InputError
+from s2s.web.describe import JSON, answer, describe, error, operation, ref, retry_after
+from s2s.web.handlers import ApiHandler
+
+log = logging.getLogger("s2s.api")
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# A 1x1 PNG: the example submission of the description is a real one (the API accepts it).
+EXAMPLE_SUBMISSION = {"heroName": "Mia", "themeId": "space", "styleKey": "cartoon", "kind": "cover",
+                      "originalImageBase64": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAAD"
+                                             "ElEQVR4nGP4dSIAAATSAhOnfE5zAAAAAElFTkSuQmCC"}
+
+def _schemas(settings, catalog) -> dict:
+    """What a submission may carry and what it is answered, with the limits this process enforces."""
+    def choice(options, default: str) -> dict:
+        # null counts as "not given" (the default), so the schema admits it
+        return {"enum": [*options, None], "default": default,
+                "description": f"Default `{default}`; the choices are listed by GET /api/catalog."}
+
+    return {
+        "Submission": {
+            "type": "object",
+            "required": ["heroName", "originalImageBase64"],
+            "properties": {
+                "heroName": {"type": "string", "minLength": 1, "examples": ["Mia"], "description": (
+                    f"1-{MAX_HERO_NAME} characters after trimming surrounding whitespace, no control characters; "
+                    "drawn on the cover.")},
+                "originalImageBase64": {
+                    "type": "string", "minLength": 1,
+                    "description": (
+                        "The photo: a data URL (`data:image/jpeg;base64,...`, also png and webp) or bare "
+                        "base64. It must decode to a whole, readable image of the declared type, of at most "
+                        f"{settings.max_image_bytes} bytes (MAX_IMAGE_BYTES) and {settings.max_image_pixels} "
+                        "pixels (S2S_MAX_IMAGE_PIXELS)."),
+                },
+                "themeId": choice(catalog.themes, catalog.default_theme),
+                "styleKey": choice(catalog.styles, catalog.default_style),
+                "kind": choice(catalog.kinds, catalog.default_kind),
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["jobId", "status", "message", "statusUrl", "websocketSubscription"],
+            "properties": {
+                "jobId": {"type": "string", "pattern": f"^{JOB_ID_PATTERN}$",
+                          "description": "Unguessable: at least 128 random bits, URL-safe."},
+                "status": {"const": "queued"},
+                "message": {"type": "string"},
+                "statusUrl": {"type": "string", "format": "uri-reference"},
+                "websocketSubscription": {"type": "string", "pattern": "^job:",
+                                          "description": "The `jobId` to give `subscribe_to_job` on /ws."},
+            },
+        },
+    }
+
+
+@describe("/api/jobs/generate-image", schemas=_schemas, post=lambda settings, catalog: operation(
+    "submitJob", "jobs", "Submit a photo to be drawn as a storybook cover or page",
+    description="Validated entirely before anything is queued: the photo is decoded in full. Answers 202 at once; the "
+    f"picture is made by a worker. Requests over {settings.max_body_bytes} bytes are refused with 413 from their "
+    "`Content-Length`, before the body is read.",
+    parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
+                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
+                 "description": "A retried POST with the same key and body from the same client (IP address, or "
+                                "IPv6 /64) answers the same job (and counts once against the rate limit); the same "
+                                "key with another body is a 409. Keys are scoped to the client: the same key from "
+                                "another client makes another job."}],
+    requestBody={"required": True, "content": {JSON: {"schema": ref("Submission"), "example": EXAMPLE_SUBMISSION}}},
+    responses={
+        202: answer("Accepted", "Queued (or, with a reused Idempotency-Key, already queued).",
+                    headers={"Location": {"$ref": "#/components/headers/Location"}},
+                    links={name: {"operationId": op, "parameters": {"jobId": "$response.body#/jobId"}} for name, op
+                           in (("status", "getJobStatus"), ("image", "getJobImage"), ("cancel", "cancelJob"))}),
+        400: error("A field breaks a rule; `details.field` names it and `details.reason` says why.", "invalid_json",
+                   "missing_field", "invalid_field", "invalid_base64", "unsupported_image_type", "invalid_image",
+                   "image_type_mismatch", "image_too_many_pixels", "unknown_themeId", "unknown_styleKey",
+                   "unknown_kind", "invalid_idempotency_key"),
+        409: error("This client used this Idempotency-Key for a different body. The answer names no job.",
+                   "idempotency_key_reused"),
+        413: error(f"The request is over {settings.max_body_bytes} bytes (`request_too_large`), or the decoded photo "
+                   f"over {settings.max_image_bytes} bytes (`image_too_large`); `details.maxBytes` says the limit.",
+                   "request_too_large", "image_too_large"),
+        415: error("The body is not sent as `Content-Type: application/json`.", "unsupported_media_type"),
+        429: error(f"This client (IP address, or IPv6 /64) submitted {settings.submit_per_minute or 'its limit of'} "
+                   "jobs in the last minute (`S2S_SUBMIT_PER_MINUTE`); `Retry-After` says when the next is taken.",
+                   "rate_limited", headers=retry_after(required=True)),
+        503: error("Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), the job store "
+                   "is full (`storage_full`, with `Retry-After`; `S2S_STORE_HIGH_WATER_PERCENT`), or it is down "
+                   "(`redis_unavailable`).", "queue_full", "storage_full", "redis_unavailable",
+                   headers=retry_after(required=False))}))
+@tornado.web.stream_request_body
+class GenerateImageHandler(ApiHandler):
+    """POST /api/jobs/generate-image: validate, store, queue; 202 with where to look."""
+
+    async def prepare(self) -> None:
+        super().prepare()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        if self.request.method != "POST":
+            return
+        self._client = client_key(self.request.remote_ip)
+        try:  # before the body: a refused client costs no upload and no decoding
+            refusal = await self.ctx.admission.check(self._client)
+        except redis.exceptions.RedisError:
+            refusal = None  # decided again before queueing; meanwhile bad input still gets its 400
+        if refusal:
+            return self.refuse(refusal)
+        limit = self.ctx.settings.max_body_bytes
+        # hard stop for a body that never ends; below that we read and discard, to answer 413 properly
+        self.request.connection.set_max_body_size(limit * 2)
+        ctype = self.request.headers.get("Content-Type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            self.fail(415, "unsupported_media_type", "Send the job as JSON (Content-Type: application/json).")
+            return
+        length = self.request.headers.get("Content-Length")
+        if length and re.fullmatch(r"[0-9]+", length) and int(length) > limit:
+            self.fail(413, "request_too_large", f"The request is larger than {limit} bytes.",
+                      {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+
+    def refuse(self, refusal: Refusal) -> None:
+        log.info("submit refused", extra={"client": self._client, "code": refusal.code})
+        self.set_header("Retry-After", str(refusal.retry_after_s))
+        self.fail(refusal.status, refusal.code, refusal.message, refusal.details)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.ctx.settings.max_body_bytes:
+            self._too_large = True
+            self._chunks.clear()
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    async def post(self) -> None:
+        settings = self.ctx.settings
+        if self._too_large:
+            return self.fail(413, "request_too_large", f"The request is larger than {settings.max_body_bytes} bytes.",
+                             {"maxBytes": settings.max_body_bytes, "maxImageBytes": settings.max_image_bytes})
+        idempotency_key = self.request.headers.get("Idempotency-Key")
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+            return self.fail(400, "invalid_idempotency_key",
+                             "Idempotency-Key must be 1-255 visible ASCII characters.")
+        body = b"".join(self._chunks)
+        self._chunks = []
+        try:
+            data = uploads.parse_body(body)
+            uploads.check_fields(data, self.ctx.catalog)
+            job = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: uploads.build_job(data, self.ctx.catalog, max_bytes=settings.max_image_bytes,
+                                                max_pixels=settings.max_image_pixels))
+        except InputError as exc:
+            return self.fail(exc.status, exc.code, exc.message, exc.details)
+        fill = await self.ctx.queue.memory.fill()
+        if fill.full:  # past the high-water mark: the room left is for the jobs already running
+            return self.refuse(redis_memory.refusal(fill))
+        token, refusal = await self.ctx.admission.take(self._client)  # atomic across API processes
+        if refusal:
+            return self.refuse(refusal)
+        idempotency = IdempotencyKey(self._client, idempotency_key) if idempotency_key is not None else None
+        try:
+            job_id, created = await self.ctx.queue.enqueue(job, idempotency)
+        except IdempotencyConflict:  # names no job: the one it made is the key to someone's picture
+            await self.ctx.admission.give_back(self._client, token)
+            return self.fail(409, "idempotency_key_reused",
+                             "This Idempotency-Key was already used for a different request; send this one "
+                             "with a new key.")
+        except redis.exceptions.RedisError as exc:  # no job was made: the client keeps its submit
+            try:
+                await self.ctx.admission.give_back(self._client, token)
+            except redis.exceptions.RedisError:
+                pass  # unreachable: the token expires with its window
+            if redis_memory.is_out_of_memory(exc):
+                return self.refuse(redis_memory.refusal(self.ctx.queue.memory.refused()))
+            raise
+        if not created:
+            await self.ctx.admission.give_back(self._client, token)  # a replay of an accepted job is free
+        if created:
+            log.info("job queued", extra={"job": job_id, "theme": job.theme_id, "style": job.style_key,
+                                          "kind": job.kind})
+        self.set_header("Location", status_path(job_id))
+        self.answer({"jobId": job_id, "status": "queued", "message": "Job queued successfully",
+                     "statusUrl": status_path(job_id), "websocketSubscription": f"job:{job_id}"}, 202)
