@@ -102,7 +102,9 @@ def test_heartbeat_keeps_a_lease_alive(settings):
             await wait_until_async(lambda: redis_clock_past(q, beat + lease // 4), what="a quarter lease")
             reaped += await q.reap()  # the kept job was renewed a quarter lease ago: never taken
             now = await now_ms(q.redis)
-            return now > claimed_at + 2 * lease  # both leases as first claimed are long over
+            # both leases as first claimed are long over, and the reaper's second look (reap_confirm_ms
+            # after its first) has come and gone
+            return now > claimed_at + 2 * lease + q.reap_confirm_ms()
 
         await wait_until_async(renew_and_reap, timeout=30, interval=0, what="two lease times of heartbeats")
         assert reaped == 1, "the job without heartbeats was taken back, the renewed one was not"
