@@ -197,7 +197,8 @@ class Settings:
                                        "WebSockets one client may hold open on one API process (0: no cap)")
     max_connections_per_client: int = _env(
         "S2S_MAX_CONNECTIONS_PER_CLIENT", _int(0), 64,
-        "HTTP connections one client may hold open to one API process; direct connections only (0: no cap)")
+        "HTTP connections one client may hold open to one API process; behind S2S_TRUST_PROXY, requests "
+        "it may be sending at once (0: no cap)")
     idle_timeout_s: int = _env("S2S_IDLE_TIMEOUT_S", _int(1, 3600), 120,
                                "seconds a connection may take to send its headers, or sit idle between requests")
     body_min_bytes_per_s: int = _env(

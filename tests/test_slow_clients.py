@@ -6,6 +6,7 @@ processes over real sockets, real Redis."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -91,6 +92,33 @@ def test_a_client_over_its_connection_cap_has_the_next_closed_and_one_freed_is_r
         held[0].sendall(b"GET /api/jobs/health HTTP/1.1\r\nHost: x\r\n\r\n")  # those held are served all along
         held[0].setblocking(True)
         assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_behind_a_proxy_a_client_sending_too_many_requests_at_once_gets_429(stack):
+    url = stack.api(S2S_MAX_CONNECTIONS_PER_CLIENT=2, S2S_TRUST_PROXY="true")
+    greedy, other = {"X-Forwarded-For": "198.51.100.7"}, {"X-Forwarded-For": "198.51.100.8"}
+    head = (b"POST /api/jobs/generate-image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Forwarded-For: 10.0.0.1, 198.51.100.7\r\nContent-Length: 100000\r\n\r\n{")
+    held = [socket.create_connection(address(url), timeout=10) for _ in range(2)]
+    try:
+        for sock in held:  # two uploads under way, their bodies still coming
+            sock.sendall(head)
+
+        def refused() -> tuple[int, dict, bytes] | None:
+            answer = http_json("GET", url + "/api/jobs/health", headers=greedy)
+            return answer if answer[0] == 429 else None
+
+        code, headers, raw = wait_until(refused, timeout=20, what="the third request to be refused")
+        body = json.loads(raw)
+        assert body["code"] == "too_many_connections" and body["details"] == {"maxConnections": 2}
+        assert int(headers["Retry-After"]) > 0
+        assert http_json("GET", url + "/api/jobs/health", headers=other)[0] == 200  # another parent is served
+        held.pop().close()
+        wait_until(lambda: http_json("GET", url + "/api/jobs/health", headers=greedy)[0] == 200, timeout=20,
+                   what="a request to be taken again once one is done")
     finally:
         for sock in held:
             sock.close()
