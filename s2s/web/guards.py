@@ -22,14 +22,19 @@ import logging
 from collections import Counter
 
 from tornado import httputil
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
 from s2s.admission import client_key
 from s2s.settings import Settings
 from s2s.web.draining import DrainingHTTPServer
+from s2s.web.tornado_internals import TornadoInternalsChanged
 
 log = logging.getLogger("s2s.api")
+
+if "stream" not in HTTP1ServerConnection.__init__.__code__.co_names:  # on_close finds a connection's client by it
+    raise TornadoInternalsChanged("HTTP1ServerConnection no longer keeps its .stream")
 
 #: Headers Tornado's ``xheaders`` trust that a proxy appending X-Forwarded-For does not set.
 FORGEABLE = ("X-Real-Ip", "X-Scheme")
@@ -57,8 +62,8 @@ class GuardedHTTPServer(DrainingHTTPServer):
             self._client_of[stream] = client
         super().handle_stream(stream, address)
 
-    def on_close(self, server_conn: object) -> None:
-        client = self._client_of.pop(getattr(server_conn, "stream", None), None)
+    def on_close(self, server_conn: HTTP1ServerConnection) -> None:
+        client = self._client_of.pop(server_conn.stream, None)
         if client is not None:
             self.per_client[client] -= 1
             if self.per_client[client] <= 0:
