@@ -195,6 +195,21 @@ class Settings:
                             "waiting jobs past which new submits are refused with 503 (0: no cap)")
     max_sockets_per_client: int = _env("S2S_MAX_SOCKETS_PER_CLIENT", _int(0), 50,
                                        "WebSockets one client may hold open on one API process (0: no cap)")
+    max_connections_per_client: int = _env(
+        "S2S_MAX_CONNECTIONS_PER_CLIENT", _int(0), 64,
+        "HTTP connections one client may hold open to one API process; behind S2S_TRUST_PROXY, requests "
+        "it may be sending at once (0: no cap)")
+    idle_timeout_s: int = _env("S2S_IDLE_TIMEOUT_S", _int(1, 3600), 120,
+                               "seconds a connection may take to send its headers, or sit idle between requests")
+    body_min_bytes_per_s: int = _env(
+        "S2S_BODY_MIN_BYTES_PER_S", _int(0), 1024,
+        "slowest a request body may arrive, averaged over each S2S_BODY_RATE_WINDOW_S; slower is cut (0: no floor)")
+    body_rate_window_s: int = _env("S2S_BODY_RATE_WINDOW_S", _int(1, 600), 15,
+                                   "the window S2S_BODY_MIN_BYTES_PER_S is measured over, seconds")
+    ws_frames_per_s: int = _env("S2S_WS_FRAMES_PER_S", _int(0), 10,
+                                "frames one /ws socket may send a second; more get error rate_limited (0: no limit)")
+    ws_frame_burst: int = _env("S2S_WS_FRAME_BURST", _int(1), 200,
+                               "frames one /ws socket may send at once above that rate (resubscribing its jobs)")
     redis_timeout_ms: int = _env("S2S_REDIS_TIMEOUT_MS", _int(100, 60000), 1000,
                                  "longest wait for Redis to accept a connection or answer a command")
     store_high_water_percent: int = _env(

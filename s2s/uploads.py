@@ -75,9 +75,15 @@ def _field_error(field: str, reason: str, code: str = "invalid_field", status: i
 
 
 def parse_body(body: bytes) -> dict:
+    """The body as a JSON object; anything else, however malformed, is a 400 ``invalid_json``.
+
+    Nesting too deep for the parser raises RecursionError (at about a thousand levels, from both the C
+    and the pure-Python decoder), and an integer too long to convert raises ValueError: both are bad
+    input, not a server error.
+    """
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InputError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InputError(400, "invalid_json", "The request body must be a JSON object.")

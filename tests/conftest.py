@@ -63,7 +63,7 @@ def settings(redis_url, redis_client) -> Settings:
     return Settings.from_env(
         {}, dotenv=None, redis_url=redis_url, env="test", lease_ms=1500, retry_base_ms=100, retry_max_ms=400,
         shutdown_grace_ms=5000, log_level="info", cors_origins=("http://localhost:3000",),
-        submit_per_minute=0, max_sockets_per_client=0)
+        submit_per_minute=0, max_sockets_per_client=0, max_connections_per_client=0)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from s2s.web import handlers as h
 from s2s.web import submit
 from s2s.web.demo import browser_routes
 from s2s.web.draining import DrainingHTTPServer
+from s2s.web.guards import GuardedHTTPServer
 from s2s.web.metrics import MetricsHandler, ProcessMetrics
 from s2s.web.openapi import openapi_route
 from s2s.web.operator import operator_routes
@@ -73,8 +74,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     try:
         metrics = await ProcessMetrics.start(queue, live)  # this process's sockets and events, for /metrics
         app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog), live, metrics)
-        server = DrainingHTTPServer(app, xheaders=settings.trust_proxy, max_body_size=settings.max_body_bytes * 2,
-                                    idle_connection_timeout=120)
+        server = GuardedHTTPServer(app, settings=settings, max_body_size=settings.max_body_bytes * submit.DRAIN_FACTOR)
         server.listen(settings.port, settings.host)
         if stop is None:
             stop = asyncio.Event()

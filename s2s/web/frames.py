@@ -106,6 +106,33 @@ def _last_seq(data: dict) -> int | None:
     return raw
 
 
+class FrameBudget:
+    """A token bucket per socket: ``rate`` frames a second, ``burst`` at once; one float pair, no timer.
+
+    A flood of subscribe/unsubscribe costs Redis reads and actor messages for every frame; past its
+    budget a socket's frames are answered with :data:`RATE_LIMITED` and dropped, others untouched.
+    """
+
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at = now
+
+    def take(self, now: float) -> bool:
+        """Spend one frame's token; False when there is none (``rate`` 0: never limited)."""
+        if not self.rate:
+            return True
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 # ---- server to client ----------------------------------------------------------------------
 PING = b"\x89\x00"  # a whole ping frame (FIN, opcode 9, no payload)
 
@@ -117,6 +144,10 @@ def confirmed_frame(client_id: str) -> str:
 def stats_frame(stats: dict) -> str:
     """``queue_stats``: the body of GET /api/jobs/stats, with its type."""
     return encode({"type": "queue_stats", **stats})
+
+
+def rate_limited_frame(rate: int) -> str:
+    return error_frame(FrameError("rate_limited", f"Too many frames: at most {rate} a second; this one was dropped."))
 
 
 def error_frame(error: FrameError) -> str:

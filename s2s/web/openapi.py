@@ -52,7 +52,8 @@ Server to client: `connection_confirmed` (`clientId`), `job_progress` (`jobId`, 
 `{"type": "error", "error": "...", "code": "..."}` for a frame the server cannot act on
 (`invalid_json`, `invalid_frame`, `missing_type`, `unknown_type`, `missing_job_id`,
 `invalid_job_id`, `invalid_last_seq`, `job_not_found`, `frame_too_large` over 64 KiB,
-`binary_not_supported`, ...); the socket stays open. Every job frame carries a `seq` that
+`binary_not_supported`, `rate_limited` past S2S_WS_FRAMES_PER_S frames a second, the frame
+dropped, ...); the socket stays open. Every job frame carries a `seq` that
 rises by one per event of that job: on subscribe the server first sends what was missed
 (every kept event after `lastSeq`, or without it the job's current state), then live events,
 with no gap and no duplicate. Close codes: 1001 when the API process shuts down, 1013 when a

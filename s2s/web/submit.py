@@ -24,6 +24,9 @@ from s2s.web.handlers import ApiHandler
 
 log = logging.getLogger("s2s.api")
 
+#: A refused body up to this many times the limit is read and discarded before the answer (see
+#: ``_refuse_before_body``); a larger one is answered at once and its connection closed.
+DRAIN_FACTOR = 2
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # A 1x1 PNG: the example submission of the description is a real one (the API accepts it).
 EXAMPLE_SUBMISSION = {"heroName": "Mia", "themeId": "space", "styleKey": "cartoon", "kind": "cover",
@@ -78,7 +81,9 @@ def _schemas(settings, catalog) -> dict:
     "submitJob", "jobs", "Submit a photo to be drawn as a storybook cover or page",
     description="Validated entirely before anything is queued: the photo is decoded in full. Answers 202 at once; the "
     f"picture is made by a worker. Requests over {settings.max_body_bytes} bytes are refused with 413 from their "
-    "`Content-Length`, before the body is read.",
+    "`Content-Length`: at once to a client that sent `Expect: 100-continue`, else after the body is read and "
+    "discarded, so a client that writes it whole first can read the answer; a body over "
+    f"{settings.max_body_bytes * DRAIN_FACTOR} bytes is not read, and its connection is closed.",
     parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                  "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
                  "description": "A retried POST with the same key and body from the same client (IP address, or "
@@ -116,27 +121,49 @@ class GenerateImageHandler(ApiHandler):
         super().prepare()
         self._chunks: list[bytes] = []
         self._size = 0
-        self._too_large = False
+        self._refusal: tuple | None = None  # (status, code, message, details): answered once the body is drained
         if self.request.method != "POST":
             return
         self._client = client_key(self.request.remote_ip)
-        try:  # before the body: a refused client costs no upload and no decoding
+        limit = self.ctx.settings.max_body_bytes
+        # a body past this is never read: Tornado cuts the connection; below it a refused body is read and discarded
+        self.request.connection.set_max_body_size(limit * DRAIN_FACTOR)
+        try:  # before the body: a refused client costs no decoding and no memory
             refusal = await self.ctx.admission.check(self._client)
         except redis.exceptions.RedisError:
             refusal = None  # decided again before queueing; meanwhile bad input still gets its 400
         if refusal:
-            return self.refuse(refusal)
-        limit = self.ctx.settings.max_body_bytes
-        # hard stop for a body that never ends; below that we read and discard, to answer 413 properly
-        self.request.connection.set_max_body_size(limit * 2)
+            log.info("submit refused", extra={"client": self._client, "code": refusal.code})
+            self.set_header("Retry-After", str(refusal.retry_after_s))
+            return self._refuse_before_body(refusal.status, refusal.code, refusal.message, refusal.details)
         ctype = self.request.headers.get("Content-Type", "")
         if ctype.split(";")[0].strip().lower() != "application/json":
-            self.fail(415, "unsupported_media_type", "Send the job as JSON (Content-Type: application/json).")
-            return
+            return self._refuse_before_body(415, "unsupported_media_type",
+                                            "Send the job as JSON (Content-Type: application/json).")
+        length = self._content_length()
+        if length is not None and length > limit:
+            self._refuse_before_body(413, "request_too_large", f"The request is larger than {limit} bytes.",
+                                     {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+
+    def _content_length(self) -> int | None:
         length = self.request.headers.get("Content-Length")
-        if length and re.fullmatch(r"[0-9]+", length) and int(length) > limit:
-            self.fail(413, "request_too_large", f"The request is larger than {limit} bytes.",
-                      {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+        return int(length) if length and re.fullmatch(r"[0-9]{1,18}", length) else None
+
+    def _refuse_before_body(self, status: int, code: str, message: str, details: dict | None = None) -> None:
+        """Refuse now if the client waits for it, else once its body is read and discarded.
+
+        An answer that closes the connection under an upload reaches a client that writes its whole
+        body before reading (urllib, fetch, aiohttp) as "connection reset", never as this JSON. So a body
+        Tornado will read (at most ``DRAIN_FACTOR`` times the limit) is drained first; one that waits
+        for ``100 Continue`` (curl) or is larger is answered at once, and its connection closed.
+        """
+        length = self._content_length()
+        waits = self.request.headers.get("Expect", "").lower() == "100-continue"
+        chunked = "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
+        too_big = length is not None and length > self.ctx.settings.max_body_bytes * DRAIN_FACTOR
+        if waits or too_big or (not length and not chunked):
+            return self.fail(status, code, message, details)
+        self._refusal = (status, code, message, details)
 
     def refuse(self, refusal: Refusal) -> None:
         log.info("submit refused", extra={"client": self._client, "code": refusal.code})
@@ -145,17 +172,19 @@ class GenerateImageHandler(ApiHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size > self.ctx.settings.max_body_bytes:
-            self._too_large = True
-            self._chunks.clear()
-        elif not self._too_large:
+        limit = self.ctx.settings.max_body_bytes
+        if self._refusal is None and self._size > limit:  # a chunked body, or one longer than it said
+            self._refusal = (413, "request_too_large", f"The request is larger than {limit} bytes.",
+                             {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+        if self._refusal is not None:
+            self._chunks.clear()  # drained: read and dropped
+        else:
             self._chunks.append(chunk)
 
     async def post(self) -> None:
         settings = self.ctx.settings
-        if self._too_large:
-            return self.fail(413, "request_too_large", f"The request is larger than {settings.max_body_bytes} bytes.",
-                             {"maxBytes": settings.max_body_bytes, "maxImageBytes": settings.max_image_bytes})
+        if self._refusal is not None:
+            return self.fail(*self._refusal)
         idempotency_key = self.request.headers.get("Idempotency-Key")
         if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
             return self.fail(400, "invalid_idempotency_key",

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable
 from urllib.parse import urlsplit
@@ -70,6 +71,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         self.jobs: dict[str, JobWatch] = {}
         self.silent_since: float | None = None  # when the first unanswered ping went out
         self.closed = False
+        self.budget = frames.FrameBudget(live.settings.ws_frames_per_s, live.settings.ws_frame_burst, time.monotonic())
 
     # ---- handshake ---------------------------------------------------------------------------
     @property
@@ -115,6 +117,8 @@ class JobSocket(tornado.websocket.WebSocketHandler):
     # ---- client frames -----------------------------------------------------------------------
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         self.silent_since = None
+        if not self.budget.take(time.monotonic()):
+            return self.send(frames.rate_limited_frame(self.live.settings.ws_frames_per_s))
         try:
             command = frames.parse_command(message)
         except FrameError as exc:
