@@ -28,6 +28,7 @@ from s2s.overview import Overview
 from s2s.redis_memory import StoreMemory
 from s2s.replies import text
 from s2s.settings import Settings
+from s2s.storage import BlobStore, open_store
 
 MAX_EVENTS = 200  # per-job event log bound; a job has a dozen in a normal life
 MAX_REFUNDS = 20  # rate-limited attempts given back per job; past that they count
@@ -119,8 +120,9 @@ def new_job_id() -> str:
 class Queue:
     """Every job operation, for the API and the workers alike."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings):
+    def __init__(self, redis: aioredis.Redis, settings: Settings, blobs: BlobStore | None = None):
         self.redis = redis
+        self.blobs = blobs or open_store(settings, redis=redis)  # photos and pictures (S2S_STORAGE_URL)
         self.keys = Keys(settings.key_prefix)
         self.settings = settings
         self.retention_ms = settings.retention_seconds * 1000
@@ -143,6 +145,7 @@ class Queue:
 
     async def close(self) -> None:
         await self.pipeliner.drain()
+        await self.blobs.close()
         await self.redis.aclose()
 
     def _common(self) -> list:

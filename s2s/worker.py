@@ -30,6 +30,7 @@ from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, Prov
 from s2s.providers.health import ProviderHealth
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
+from s2s.storage import BlobStore
 
 log = logging.getLogger("s2s.worker")
 
@@ -40,9 +41,10 @@ SETTLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)  # s, between tries to reach
 
 class Worker:
     def __init__(self, *, settings: Settings, queue: Queue, provider: Provider, catalog: Catalog,
-                 concurrency: int | None = None, worker_id: str | None = None):
+                 concurrency: int | None = None, worker_id: str | None = None, blobs: BlobStore | None = None):
         self.settings = settings
         self.queue = queue
+        self.blobs = blobs or queue.blobs  # photos and pictures (S2S_STORAGE_URL), as the job records name them
         self.provider = provider
         self.provider_health = ProviderHealth(queue.redis, queue.keys, provider.name)
         self.catalog = catalog

@@ -22,6 +22,7 @@ from s2s.catalog import Catalog
 from s2s.models import JOB_ID_PATTERN, JobStatus
 from s2s.queue import Queue
 from s2s.settings import Settings
+from s2s.storage import BlobStore
 from s2s.timeouts import within
 from s2s.web.access import bearer_token, check_operator, origin_allowed
 from s2s.web.describe import NO_STORE, answer, describe, error, operation
@@ -44,6 +45,8 @@ class AppContext:
     catalog: Catalog
     admission: Admission = field(default=Factory(
         lambda self: Admission(self.queue.redis, self.queue.keys, self.settings), takes_self=True))
+    #: where photos and pictures live (S2S_STORAGE_URL): the queue's store, which job records refer to
+    blobs: BlobStore = field(default=Factory(lambda self: self.queue.blobs, takes_self=True))
 
 
 class ApiHandler(tornado.web.RequestHandler):
