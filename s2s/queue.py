@@ -327,7 +327,8 @@ class Queue:
         replace the picture a finished job names; the record names the one the script accepted.
         """
         key = job_blob(claim.job_id, f"picture-{claim.fence}-{secrets.token_hex(4)}")
-        await self.blobs.put(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
+        if self.blobs.scheme != "redis":  # Redis storage: complete.lua writes it, in the same script
+            await self.blobs.put(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
         return key
 
     async def complete_and_claim(self, claim: Claim, data: bytes, content_type: str, provider: str, *,
@@ -336,15 +337,19 @@ class Queue:
 
         The picture is stored first; the script names it in the record only if this worker still holds
         the job. If not, this attempt's picture is deleted (it names no job; its expiry is the backstop).
-        Completed, the photo is deleted: nothing reads it again.
+        Completed, the photo is deleted: nothing reads it again. With Redis storage the script itself
+        writes the picture, only if the job is still ours: a full Redis (noeviction) refuses a plain SET,
+        but not a script's writes once its first (a shrinking ZREM) is done (s2s.redis_memory).
         """
         k, j = self.keys, claim.job_id
         key = await self.store_picture(claim, data, content_type)
+        inline = self.blobs.scheme == "redis"
         claim_keys, claim_args = self._claim_args(worker_id, count)
         reply = await self.pipeliner.call(
             "complete",
-            [k.job(j), k.job_events(j), k.active, k.completed, k.totals, *claim_keys[:1], *claim_keys[2:]],
-            [claim.fence, key, content_type, image_path(j), provider, *claim_args])
+            [k.job(j), k.job_events(j), k.active, k.completed, k.totals, *claim_keys[:1], *claim_keys[2:],
+             self.blobs.redis_key(key) if inline else k.job(j)],
+            [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else ""])
         ok = bool(reply[0])
         try:
             if ok:

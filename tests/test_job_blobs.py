@@ -7,9 +7,11 @@ disk, the bucket listed with boto3, every Redis key of the job with MEMORY USAGE
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import signal
+import socket
 import time
 import urllib.request
 
@@ -18,7 +20,7 @@ from PIL import Image
 
 from s2s.queue import QUEUED_PHOTO_S
 from tests.api_client import submit, wait_ended
-from tests.helpers import http_json, wait_until
+from tests.helpers import http_json, wait_until, wait_until_async
 from tests.test_storage import file_backend, s3_backend
 
 TOKEN = "operator-secret"
@@ -153,3 +155,55 @@ def test_health_names_the_store_and_its_round_trip(stack, backend):
     _, _, raw = http_json("GET", url + "/api/jobs/health")
     storage = json.loads(raw)["storage"]
     assert storage["ok"] is True and storage["scheme"] == backend.name and storage["rttMs"] >= 0, raw
+
+
+def test_one_sweep_a_round_removes_expired_blobs_and_keeps_live_ones(settings, tmp_path):
+    """The workers' sweep (file and S3 storage): expired blobs off the disk, once per round in the cluster."""
+    from s2s.queue import Queue
+
+    backend = file_backend(settings, tmp_path / "blobs")
+
+    async def body():
+        import redis.asyncio as aioredis
+
+        q = Queue(aioredis.Redis.from_url(settings.redis_url), backend.settings)
+        try:
+            await q.blobs.put("jobs/a/photo", b"old", ttl_s=1)
+            await q.blobs.put("jobs/b/photo", b"new", ttl_s=3600)
+
+            async def expired():
+                return await q.blobs.get("jobs/a/photo") is None
+
+            await wait_until_async(expired, timeout=5, what="the short-lived blob to expire")
+            assert backend.raw() == ["jobs/a/photo", "jobs/b/photo"], "expired, but still on the disk"
+            assert await q.sweep_blobs(60) == 1
+            assert await q.sweep_blobs(60) is None, "another sweep in the same round: not its turn"
+        finally:
+            await q.close()
+
+    asyncio.run(body())
+    assert backend.raw() == ["jobs/b/photo"]
+
+
+def test_past_the_high_water_mark_a_submit_is_refused_before_its_body_is_sent(stack):
+    url = stack.api(S2S_STORE_HIGH_WATER_PERCENT=1)
+    used = int(stack.redis.info("memory")["used_memory"])
+    stack.redis.config_set("maxmemory", used * 10)  # 10 % used: past a 1 % mark, with room for everything else
+    try:  # health reads the fill afresh (the process keeps that reading for a second): the API knows
+        wait_until(lambda: json.loads(http_json("GET", url + "/api/jobs/health")[2])["store"]["state"] == "full",
+                   what="the API to read the store as full")
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"POST /api/jobs/generate-image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 5000000\r\n\r\n")  # and not one byte of the body
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = conn.recv(65536)
+                assert chunk, f"closed before answering: {answer!r}"
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), head
+        assert b"\r\nRetry-After: " in head
+        assert json.loads(body)["code"] == "storage_full"
+    finally:
+        stack.redis.config_set("maxmemory", 0)

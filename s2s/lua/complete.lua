@@ -1,8 +1,9 @@
 -- Complete a job and, in the same round trip, claim the worker's next jobs (as claim.lua does).
 -- The picture is already in the blob store (under a key of this attempt's fence): the record names it.
--- KEYS: job, events, active, completed, totals, waiting, delayed, paused
+-- KEYS: job, events, active, completed, totals, waiting, delayed, paused, the picture's Redis key (Redis storage)
 -- ARGV: fence, picture key, content type, image_url, provider, then claim.lua's eight arguments
---       (count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events)
+--       (count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events),
+--       then the picture's bytes with Redis storage ('' otherwise: the worker put them in the blob store)
 -- Returns {1 or 0 (no longer ours), then claim_jobs's answer}
 local claim_keys = {KEYS[6], KEYS[3], KEYS[7], KEYS[8]}
 local claim_args = {unpack(ARGV, 6, 13)}
@@ -15,7 +16,8 @@ if job[1] ~= ARGV[1] or job[2] ~= 'processing' then
 end
 local id = job[3]
 local now, now_us = clock()
-redis.call('ZREM', KEYS[3], id)
+redis.call('ZREM', KEYS[3], id)  -- first: a write that shrinks memory, so a full Redis runs the rest
+if ARGV[14] ~= '' then redis.call('SET', KEYS[9], ARGV[14], 'PX', ttl) end
 redis.call('HSET', KEYS[1], 'status', 'completed', 'progress', 100, 'message', 'Your picture is ready',
            'completedAt', now, 'completedAtUs', now_us, 'picture', ARGV[2], 'resultType', ARGV[3],
            'provider', ARGV[5])
