@@ -290,7 +290,8 @@ class Queue:
         """
         if not await self.redis.set(self.keys.blob_sweep, b"1", nx=True, px=int(every_s * 1000)):
             return None
-        return await self.blobs.sweep()
+        # every blob s2s puts lives at least the retention time: younger ones are not even looked at
+        return await self.blobs.sweep(min_age_s=self.settings.retention_seconds)
 
     async def heartbeat(self, worker_id: str, info: dict, holding: Iterable[Claim]) -> list[str]:
         """Renew the leases of the jobs in hand and the worker's presence; return ids no longer ours."""
