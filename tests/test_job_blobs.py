@@ -208,3 +208,27 @@ def test_past_the_high_water_mark_a_submit_is_refused_before_its_body_is_sent(st
         assert json.loads(body)["code"] == "storage_full"
     finally:
         stack.redis.config_set("maxmemory", 0)
+
+
+def test_a_fenced_out_worker_s_picture_neither_replaces_the_finished_one_nor_stays(backend):
+    """Two completions of one job (a late worker, a repeated write): the record's picture stays, the other goes."""
+    import redis.asyncio as aioredis
+
+    from s2s.queue import NewJob, Queue
+
+    async def body():
+        q = Queue(aioredis.Redis.from_url(backend.settings.redis_url), backend.settings)
+        try:
+            job_id, _ = await q.enqueue(NewJob(hero_name="Mia", theme_id="adventure", style_key="watercolor",
+                                               kind="cover", photo=b"photo bytes", photo_type="image/jpeg"))
+            (claim,) = (await q.claim("w", 1)).claims
+            assert await q.complete(claim, b"first", "image/png", "noop")
+            assert not await q.complete(claim, b"late", "image/png", "noop")  # no longer in hand: refused
+            assert await q.result(job_id) == (b"first", "image/png")
+            return job_id
+        finally:
+            await q.close()
+
+    job_id = asyncio.run(body())
+    names = blob_names(backend, job_id)
+    assert len(names) == 1 and names[0].startswith("picture-"), f"the late picture was left behind: {names}"
