@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import attrs
+
 from s2s import logs
 from s2s.follow import Progress, follow
 from s2s.settings import Settings, SettingsError
@@ -72,6 +74,8 @@ def cmd_up(args) -> int:
 
     # the demo page is on locally unless the user chose otherwise (S2S_DEMO in the environment or .env)
     settings = _settings(port=args.port, data_dir=args.data_dir, demo=None if _user_set("S2S_DEMO") else True)
+    if not _user_set("S2S_STORAGE_URL"):  # photos and pictures on the disk, next to the embedded Redis
+        settings = attrs.evolve(settings, storage_url=f"file://{Path(settings.data_dir).resolve()}/blobs")
     _setup_logs(settings)
     stopping = False
 
@@ -96,7 +100,8 @@ def cmd_up(args) -> int:
                                              start_new_session=True, preexec_fn=die_with_parent))
         url = f"http://{'localhost' if settings.host in ('127.0.0.1', '0.0.0.0') else settings.host}:{settings.port}"
         if _wait_healthy(url, children, lambda: stopping):
-            print(f"s2s is up at {url}  (Redis: {redis_url}; provider: {settings.effective_provider}; "
+            print(f"s2s is up at {url}  (Redis: {redis_url}; storage: {settings.storage_url or 'redis://'}; "
+                  f"provider: {settings.effective_provider}; "
                   f"Ctrl-C to stop)", flush=True)
             if settings.demo:
                 print(f"Open {url}/ in a browser to make a storybook picture from a photo (the demo page).",

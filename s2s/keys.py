@@ -66,16 +66,9 @@ class Keys:
 
     # --- one job ---
     def job(self, job_id: str) -> str:
-        """HASH: the job's state, as GET /status shows it."""
+        """HASH: the job's state, as GET /status shows it; its photo and picture are in the blob store
+        (s2s/storage/), named by the fields ``photo`` and ``picture``."""
         return f"{self.prefix}:job:{job_id}"
-
-    def job_input(self, job_id: str) -> str:
-        """STRING: the uploaded photo bytes."""
-        return f"{self.prefix}:job:{job_id}:input"
-
-    def job_result(self, job_id: str) -> str:
-        """STRING: the generated image bytes."""
-        return f"{self.prefix}:job:{job_id}:result"
 
     def job_events(self, job_id: str) -> str:
         """LIST of the job's event frames (JSON), bounded, for replay on subscribe."""
@@ -84,6 +77,11 @@ class Keys:
     def blob(self, key: str) -> str:
         """STRING (with a TTL): one blob of the Redis blob store (s2s/storage/redis_store.py), e.g. jobs/<id>/photo."""
         return f"{self.prefix}:blob:{key}"
+
+    @property
+    def blob_sweep(self) -> str:
+        """STRING (with a TTL) held by the worker sweeping the blob store's expired blobs this round."""
+        return f"{self.prefix}:blob-sweep"
 
     def idempotency(self, client: str, key: str) -> str:
         """STRING: request fingerprint and job id of one client's ``Idempotency-Key``.

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
+import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
-from attrs import field, frozen
+from attrs import frozen
 
 from s2s import connections, scripts
 from s2s.fleet import WORKER_MEMORY_MS, Fleet
@@ -28,11 +30,17 @@ from s2s.overview import Overview
 from s2s.redis_memory import StoreMemory
 from s2s.replies import text
 from s2s.settings import Settings
+from s2s.storage import BlobStore, job_blob, open_store
+
+log = logging.getLogger("s2s.queue")
 
 MAX_EVENTS = 200  # per-job event log bound; a job has a dozen in a normal life
 MAX_REFUNDS = 20  # rate-limited attempts given back per job; past that they count
 REAP_CONFIRM_SLACK_MS = 2000  # see Queue.reap_confirm_ms
-INLINE_PHOTO_BYTES = 256 * 1024  # small photos come back with the claim itself, saving a round trip
+#: the longest a photo is kept for a job that has not ended, beyond the retention time: a job queued longer
+#: than this fails with photo_missing. Photos are put with retention + this, counted from intake, so an ended
+#: job's photo (kept for an operator's retry) is gone at most this long after its record.
+QUEUED_PHOTO_S = 86400
 
 
 class IdempotencyConflict(Exception):
@@ -86,7 +94,6 @@ class Claim:
     style_key: str
     kind: str
     photo_type: str
-    photo: bytes | None = field(default=None, repr=False, eq=False)  # None: fetch with load_photo()
 
 
 @frozen
@@ -101,12 +108,12 @@ def _parse_claims(reply: list) -> ClaimBatch:
     paused, next_due, now = int(reply[0]), int(reply[1]), int(reply[2])
     claims = []
     rest = reply[3:]
-    for i in range(0, len(rest), 10):
-        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts, photo = rest[i:i + 10]
+    for i in range(0, len(rest), 9):
+        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts = rest[i:i + 9]
         claims.append(Claim(job_id=text(job_id), fence=text(fence), attempt=int(attempt),
                             max_attempts=int(max_attempts or 1), hero_name=text(hero or b""),
                             theme_id=text(theme or b""), style_key=text(style or b""), kind=text(kind or b""),
-                            photo_type=text(photo_type or b"image/png"), photo=photo or None))
+                            photo_type=text(photo_type or b"image/png")))
     return ClaimBatch(claims=claims, paused=bool(paused), next_delayed_ms=None if next_due < 0 else next_due,
                       now_ms=now)
 
@@ -119,8 +126,9 @@ def new_job_id() -> str:
 class Queue:
     """Every job operation, for the API and the workers alike."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings):
+    def __init__(self, redis: aioredis.Redis, settings: Settings, blobs: BlobStore | None = None):
         self.redis = redis
+        self.blobs = blobs or open_store(settings, redis=redis)  # photos and pictures (S2S_STORAGE_URL)
         self.keys = Keys(settings.key_prefix)
         self.settings = settings
         self.retention_ms = settings.retention_seconds * 1000
@@ -128,7 +136,6 @@ class Queue:
         k = self.keys
         self._job_prefix = k.job("")
         self._events_suffix = k.job_events("x")[len(k.job("x")):]
-        self._input_suffix = k.job_input("x")[len(k.job("x")):]
         self.memory = StoreMemory(redis, settings.store_high_water_percent)  # how full Redis is
         self.max_block_s = settings.redis_timeout_ms / 2000  # a BLMOVE must end before the read timeout does
         self.fleet = Fleet(redis, self.keys, settings.lease_ms)  # the workers' registry, read
@@ -143,26 +150,42 @@ class Queue:
 
     async def close(self) -> None:
         await self.pipeliner.drain()
+        await self.blobs.close()
         await self.redis.aclose()
 
     def _common(self) -> list:
         return [self.keys.events_channel, self.retention_ms, MAX_EVENTS]
 
     # ---- the API side ----------------------------------------------------------------
+    @property
+    def photo_ttl_s(self) -> int:
+        """A photo's expiry, from intake: the retention time plus :data:`QUEUED_PHOTO_S` (never without one)."""
+        return self.settings.retention_seconds + QUEUED_PHOTO_S
+
     async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
-        """Store and queue a job; return (job id, created). The client's repeated key returns its first job."""
+        """Store the photo, then queue the job; return (job id, created). A repeated key returns its first job.
+
+        The photo goes to the blob store first, with its expiry: the record only names it, and a worker
+        can claim the job the moment the script has run. Refused or failed, the photo is deleted again.
+        """
         job_id = new_job_id()
         k = self.keys
         fingerprint = job.fingerprint() if idempotency else ""
         idem_key = k.idempotency(idempotency.client, idempotency.key) if idempotency else k.job(job_id) + ":noidem"
+        photo_key = job_blob(job_id, "photo")
         fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
-                  "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts]
-        created, value = await scripts.call(
-            self.redis, "enqueue",
-            [k.job(job_id), k.job_input(job_id), k.waiting, idem_key, k.job_events(job_id)],
-            [job_id, job.photo, fingerprint, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
+                  "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts, "photo", photo_key]
+        await self.blobs.put(photo_key, job.photo, ttl_s=self.photo_ttl_s, content_type=job.photo_type)
+        try:
+            created, value = await scripts.call(
+                self.redis, "enqueue", [k.job(job_id), k.waiting, idem_key, k.job_events(job_id)],
+                [job_id, fingerprint, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
+        except BaseException:
+            await asyncio.shield(self._forget_photo(photo_key))
+            raise
         if created:
             return job_id, True
+        await self._forget_photo(photo_key)  # the key's first job has its own
         seen_fingerprint, seen_id = text(value).split(" ", 1)
         if seen_fingerprint != fingerprint:
             raise IdempotencyConflict
@@ -174,15 +197,22 @@ class Queue:
             return None
         return Job.from_redis({text(a): text(b) for a, b in raw.items()})
 
+    async def _forget_photo(self, key: str) -> None:
+        try:
+            await self.blobs.delete(key)
+        except Exception:  # noqa: BLE001 (the job was not made; the photo expires with its TTL anyway)
+            log.warning("could not delete the photo of a job not queued", exc_info=True)
+
+    async def picture(self, job_id: str) -> tuple[str, str] | None:
+        """Where a completed job's picture is in the blob store, and its content type; None if it has none."""
+        key, content_type = await self.redis.hmget(self.keys.job(job_id), "picture", "resultType")
+        return (text(key), text(content_type)) if key and content_type else None
+
     async def result(self, job_id: str) -> tuple[bytes, str] | None:
         """The finished image and its content type, while it is kept."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(self.keys.job(job_id), "resultType")
-        pipe.get(self.keys.job_result(job_id))
-        content_type, data = await pipe.execute()
-        if data is None or content_type is None:
-            return None
-        return data, text(content_type)
+        found = await self.picture(job_id)
+        data = await self.blobs.get(found[0]) if found else None
+        return (data, found[1]) if data is not None else None
 
     async def events(self, job_id: str, after_seq: int = 0) -> list[dict]:
         """The job's kept event frames with ``seq`` above ``after_seq``, oldest first."""
@@ -206,17 +236,17 @@ class Queue:
         k = self.keys
         return text(await scripts.call(
             self.redis, "cancel",
-            [k.job(job_id), k.job_events(job_id), k.job_input(job_id), k.waiting, k.delayed, k.active,
-             k.cancelled, k.totals],
+            [k.job(job_id), k.job_events(job_id), k.waiting, k.delayed, k.active, k.cancelled, k.totals],
             [*self._common(), k.control_channel]))
 
     async def retry(self, job_id: str) -> str:
-        """Queue a failed or cancelled job again; return the status it had ('' unknown, 'gone' expired)."""
+        """Queue a failed or cancelled job again; return the status it had ('' unknown, 'gone' photo expired)."""
         k = self.keys
+        expires = await self.blobs.expires_at(job_blob(job_id, "photo"))
+        kept = expires is not None and expires > time.time() + 1  # not about to go as the job is queued
         return text(await scripts.call(
-            self.redis, "retry",
-            [k.job(job_id), k.job_events(job_id), k.job_input(job_id), k.waiting, k.failed, k.cancelled],
-            self._common()))
+            self.redis, "retry", [k.job(job_id), k.job_events(job_id), k.waiting, k.failed, k.cancelled],
+            [*self._common(), int(kept)]))
 
     async def pause(self) -> None:
         await self.redis.set(self.keys.paused, b"1")
@@ -229,8 +259,7 @@ class Queue:
     def _claim_args(self, worker_id: str, count: int) -> tuple[list, list]:
         k = self.keys
         return ([k.waiting, k.active, k.delayed, k.paused],
-                [count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix, *self._common(),
-                 self._input_suffix, INLINE_PHOTO_BYTES])
+                [count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix, *self._common()])
 
     async def claim(self, worker_id: str, count: int) -> ClaimBatch:
         keys, args = self._claim_args(worker_id, count)
@@ -246,7 +275,23 @@ class Queue:
         return got is not None
 
     async def load_photo(self, job_id: str) -> bytes | None:
-        return await self.pipeliner.command("GET", self.keys.job_input(job_id))
+        """The job's prepared photo from the blob store; None once it expired or was deleted."""
+        return await self.blobs.get(job_blob(job_id, "photo"))
+
+    async def forget_photo(self, job_id: str) -> None:
+        """A completed job needs its photo no more: delete it now rather than at its expiry."""
+        await self.blobs.delete(job_blob(job_id, "photo"))
+
+    async def sweep_blobs(self, every_s: float) -> int | None:
+        """Remove the blob store's expired blobs, if no other process did in the last ``every_s`` seconds.
+
+        A lock key with that TTL makes one sweep per round in the whole cluster; None: not our turn.
+        (Expired blobs are already invisible to every read: the sweep frees their space.)
+        """
+        if not await self.redis.set(self.keys.blob_sweep, b"1", nx=True, px=int(every_s * 1000)):
+            return None
+        # every blob s2s puts lives at least the retention time: younger ones are not even looked at
+        return await self.blobs.sweep(min_age_s=self.settings.retention_seconds)
 
     async def heartbeat(self, worker_id: str, info: dict, holding: Iterable[Claim]) -> list[str]:
         """Renew the leases of the jobs in hand and the worker's presence; return ids no longer ours."""
@@ -276,24 +321,52 @@ class Queue:
         ok, _ = await self.complete_and_claim(claim, data, content_type, provider, worker_id="", count=0)
         return ok
 
+    async def store_picture(self, claim: Claim, data: bytes, content_type: str) -> str:
+        """Put a picture in the blob store, kept for the retention time; return its key.
+
+        Every write has a key of its own (fence and random): a late or repeated completion cannot
+        replace the picture a finished job names; the record names the one the script accepted.
+        """
+        key = job_blob(claim.job_id, f"picture-{claim.fence}-{secrets.token_hex(4)}")
+        if self.blobs.scheme != "redis":  # Redis storage: complete.lua writes it, in the same script
+            await self.blobs.put(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
+        return key
+
     async def complete_and_claim(self, claim: Claim, data: bytes, content_type: str, provider: str, *,
                                  worker_id: str, count: int) -> tuple[bool, ClaimBatch]:
-        """Complete a job and claim up to ``count`` next ones in the same round trip."""
+        """Complete a job and claim up to ``count`` next ones in the same round trip.
+
+        The picture is stored first; the script names it in the record only if this worker still holds
+        the job. If not, this attempt's picture is deleted (it names no job; its expiry is the backstop).
+        Completed, the photo is deleted: nothing reads it again. With Redis storage the script itself
+        writes the picture, only if the job is still ours: a full Redis (noeviction) refuses a plain SET,
+        but not a script's writes once its first (a shrinking ZREM) is done (s2s.redis_memory).
+        """
         k, j = self.keys, claim.job_id
+        key = await self.store_picture(claim, data, content_type)
+        inline = self.blobs.scheme == "redis"
         claim_keys, claim_args = self._claim_args(worker_id, count)
         reply = await self.pipeliner.call(
             "complete",
-            [k.job(j), k.job_result(j), k.job_events(j), k.job_input(j), k.active, k.completed, k.totals,
-             *claim_keys[:1], *claim_keys[2:]],
-            [claim.fence, data, content_type, image_path(j), provider, *claim_args])
-        return bool(reply[0]), _parse_claims(reply[1:])
+            [k.job(j), k.job_events(j), k.active, k.completed, k.totals, *claim_keys[:1], *claim_keys[2:],
+             self.blobs.redis_key(key) if inline else k.job(j)],
+            [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else ""])
+        ok = bool(reply[0])
+        try:
+            if ok:
+                await self.forget_photo(j)
+            elif text(await self.redis.hget(k.job(j), "picture") or b"") != key:  # not ours: a lost reply's retry
+                await self.blobs.delete(key)
+        except Exception:  # noqa: BLE001 (the job is settled; the blob expires anyway)
+            log.warning("could not delete a blob after completing", exc_info=True)
+        return ok, _parse_claims(reply[1:])
 
     async def fail(self, claim: Claim, error: str, code: str, *, retryable: bool, delay_ms: int,
                    refund: bool = False) -> int:
         """Record a failed attempt: 2 retry scheduled, 3 failed for good, 0 no longer ours."""
         k, j = self.keys, claim.job_id
         return int(await self.pipeliner.call(
-            "fail", [k.job(j), k.job_events(j), k.job_input(j), k.active, k.delayed, k.failed, k.totals],
+            "fail", [k.job(j), k.job_events(j), k.active, k.delayed, k.failed, k.totals],
             [claim.fence, error, code, int(retryable), int(delay_ms), self.retention_ms, k.events_channel,
              MAX_EVENTS, int(refund), MAX_REFUNDS]))
 
@@ -310,7 +383,7 @@ class Queue:
         k = self.keys
         return int(await scripts.call(
             self.redis, "reap", [k.active, k.waiting, k.failed, k.totals, k.completed, k.cancelled],
-            [self._job_prefix, self._events_suffix, self._input_suffix, *self._common(), limit,
+            [self._job_prefix, self._events_suffix, *self._common(), limit,
              self.reap_confirm_ms()]))
 
     def reap_confirm_ms(self) -> int:

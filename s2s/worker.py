@@ -30,19 +30,22 @@ from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, Prov
 from s2s.providers.health import ProviderHealth
 from s2s.queue import Claim, Queue
 from s2s.settings import Settings
+from s2s.storage import BlobStore
 
 log = logging.getLogger("s2s.worker")
 
 UNEXPECTED_ERROR = "Something went wrong while making the picture."
 WAIT_FOR_WORK_S = 1.0  # the longest an idle worker blocks on the waiting list (its pool reads allow for it)
 SETTLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)  # s, between tries to reach Redis with a job's last write
+SWEEP_EVERY_S = 60.0  # expired blobs are removed from file/S3 storage this often, by one worker of the cluster
 
 
 class Worker:
     def __init__(self, *, settings: Settings, queue: Queue, provider: Provider, catalog: Catalog,
-                 concurrency: int | None = None, worker_id: str | None = None):
+                 concurrency: int | None = None, worker_id: str | None = None, blobs: BlobStore | None = None):
         self.settings = settings
         self.queue = queue
+        self.blobs = blobs or queue.blobs  # photos and pictures (S2S_STORAGE_URL), as the job records name them
         self.provider = provider
         self.provider_health = ProviderHealth(queue.redis, queue.keys, provider.name)
         self.catalog = catalog
@@ -89,7 +92,8 @@ class Worker:
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency,
                                           "provider": self.provider.name})
         await self._heartbeat_once()
-        helpers = [asyncio.ensure_future(self._heartbeat_loop()), asyncio.ensure_future(self._control_loop())]
+        helpers = [asyncio.ensure_future(self._heartbeat_loop()), asyncio.ensure_future(self._control_loop()),
+                   asyncio.ensure_future(self._sweep_loop())]
         fetcher = asyncio.ensure_future(self._fetch_loop())
         try:
             while not self._draining:
@@ -201,7 +205,7 @@ class Worker:
                 lambda f: f.exception() is None and not f.result() and self._stop(claim.job_id, "lost"))
 
         try:
-            photo = claim.photo or await self.queue.load_photo(claim.job_id)
+            photo = await self.queue.load_photo(claim.job_id)
             if timeouts.cancel_requested():  # a cancel swallowed inside redis-py's wait_for (Python < 3.12)
                 raise asyncio.CancelledError
             if photo is None:
@@ -345,6 +349,19 @@ class Worker:
             except redis.exceptions.RedisError as exc:
                 next_beat = 0
                 log.warning("heartbeat failed", extra={"worker": self.id, "error": str(exc)})
+
+    async def _sweep_loop(self) -> None:
+        """Expired photos and pictures off the disk or bucket (Redis storage expires its own: nothing to do)."""
+        if self.blobs.scheme == "redis":
+            return
+        while not timeouts.cancel_requested():
+            try:
+                removed = await self.queue.sweep_blobs(SWEEP_EVERY_S)
+                if removed:
+                    log.info("expired blobs removed", extra={"worker": self.id, "blobs": removed})
+            except Exception as exc:  # noqa: BLE001 (a store or Redis hiccup: the next round tries again)
+                log.warning("blob sweep failed", extra={"worker": self.id, "error": str(exc)})
+            await asyncio.sleep(SWEEP_EVERY_S)
 
     def _note_store(self, fill: redis_memory.Fill) -> None:
         if fill.full != self._store_full:

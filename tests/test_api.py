@@ -27,6 +27,7 @@ from s2s.catalog import Catalog
 from s2s.keys import Keys
 from s2s.queue import Queue
 from s2s.replies import now_ms
+from s2s.storage import job_blob
 from s2s.web.app import make_app
 from s2s.web.handlers import AppContext
 from tests.helpers import data_url, photo_bytes, redis_clock_past, wait_until_async
@@ -222,7 +223,7 @@ async def test_accepted_image_encodings(http_client, base_url, redis_client, ima
     job_id = await queued_job(http_client, base_url, originalImageBase64=image)
 
     assert (await status_of(http_client, base_url, job_id))["status"] == "queued"
-    kept = Image.open(BytesIO(redis_client.get(KEYS.job_input(job_id))))  # the prepared copy (test_uploads.py)
+    kept = Image.open(BytesIO(redis_client.get(KEYS.blob(job_blob(job_id, "photo")))))  # the prepared copy
     assert (kept.format, kept.size) == ("JPEG", Image.open(BytesIO(stored)).size)
 
 

@@ -75,6 +75,8 @@ def test_a_job_accepted_before_a_restart_of_s2s_up_completes_after_it(tmp_path, 
     try:
         job_id = post_job(first.url, tmp_path)
         wait_until(lambda: job_status(first.url, job_id)["status"] == "processing", what="the job to start")
+        blobs = tmp_path / ".s2s" / "blobs" / "jobs" / job_id
+        assert (blobs / "photo").is_file(), "s2s up keeps photos on the disk, in its data dir, with no setup"
         assert first.interrupt() == 0
     finally:
         first.kill()
@@ -85,6 +87,9 @@ def test_a_job_accepted_before_a_restart_of_s2s_up_completes_after_it(tmp_path, 
         job = wait_until(lambda: (j := job_status(second.url, job_id))["status"] == "completed" and j,
                          timeout=30, what="the job to complete after the restart")
         assert job["attempts"] == 1  # the interrupted attempt was handed back, not used up
+        kept = wait_until(lambda: not (blobs / "photo").exists() and sorted(p.name for p in blobs.iterdir()),
+                          what="the photo deleted once the job completed")
+        assert len(kept) == 1 and kept[0].startswith("picture-"), kept
         assert second.interrupt() == 0
     finally:
         second.kill()

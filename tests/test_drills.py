@@ -91,7 +91,8 @@ def assert_each_completed_exactly_once(r: redis_lib.Redis, ids) -> None:
         events = [json.loads(e) for e in r.lrange(KEYS.job_events(job_id), 0, -1)]
         assert [e["type"] for e in events].count("job_completed") == 1, (job_id, events)
         assert r.hget(KEYS.job(job_id), "status") == b"completed"
-        assert r.exists(KEYS.job_result(job_id)), f"job {job_id} has no image"
+        picture = r.hget(KEYS.job(job_id), "picture")
+        assert picture and r.exists(KEYS.blob(picture.decode())), f"job {job_id} has no image"
     assert r.zcard(KEYS.completed) == len(ids), "as many completions as accepted jobs: none twice, none extra"
     assert int(r.hget(KEYS.totals, "completed")) == len(ids)
     assert (r.llen(KEYS.waiting), r.zcard(KEYS.active), r.zcard(KEYS.delayed), r.zcard(KEYS.failed)) == (0, 0, 0, 0)

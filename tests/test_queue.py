@@ -12,6 +12,7 @@ import pytest
 from s2s.models import JobStatus
 from s2s.queue import MAX_REFUNDS, IdempotencyConflict, IdempotencyKey, NewJob, Queue
 from s2s.replies import now_ms
+from s2s.storage import job_blob
 from tests.helpers import photo_bytes, redis_clock_past, wait_until_async
 
 PHOTO = photo_bytes("PNG", (64, 64))
@@ -223,8 +224,9 @@ def test_ended_jobs_and_their_images_expire_after_the_retention_time(settings, r
         await q.complete(claim, b"img", "image/png", "noop")
         ttl = redis_client.pttl(q.keys.job(job_id))
         assert 0 < ttl <= 1000
-        assert 0 < redis_client.pttl(q.keys.job_result(job_id)) <= 1000
-        assert 0 < redis_client.pttl(q.keys.job_input(job_id)) <= 1000
+        picture = q.keys.blob(redis_client.hget(q.keys.job(job_id), "picture").decode())
+        assert 0 < redis_client.pttl(picture) <= 1000  # Redis storage: the picture is a key with a TTL
+        assert not redis_client.exists(q.keys.blob(job_blob(job_id, "photo"))), "a completed job's photo is deleted"
         assert (await q.stats()).completed == 1
 
         async def gone():

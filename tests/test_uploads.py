@@ -16,6 +16,7 @@ import pytest
 from PIL import ExifTags, Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from s2s.storage import job_blob
 from s2s.uploads import PHOTO_MAX_SIDE
 from tests.api_client import submit, wait_ended
 from tests.fakes.openai_server import FakeOpenAI
@@ -125,7 +126,7 @@ def red_jpeg_in(icc: bytes) -> bytes:
 
 def stored_photo(stack, job_id: str) -> bytes:
     """The photo where the queue keeps it for the worker."""
-    data = stack.redis.get(stack.keys.job_input(job_id))
+    data = stack.redis.get(stack.keys.blob(job_blob(job_id, "photo")))  # Redis storage, the default
     assert data, f"no photo stored for job {job_id}"
     return data
 

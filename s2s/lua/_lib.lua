@@ -25,7 +25,7 @@ local function emit(job_key, events_key, channel, frame, ttl_ms, max_events)
   return frame['seq']
 end
 
--- A terminal state: keep the job, its photo, image and events for the retention time.
+-- A terminal state: keep the job and its events for the retention time (its blobs carry their own expiry).
 local function retain(job_key, ttl_ms, ...)
   redis.call('PEXPIRE', job_key, ttl_ms)
   for _, k in ipairs({...}) do redis.call('PEXPIRE', k, ttl_ms) end
@@ -34,9 +34,8 @@ end
 -- Move up to `count` jobs from the waiting list into the processing set, each with a lease and a
 -- new fencing token; first promote retries whose delay has passed. Shared by claim and complete.
 -- k: {waiting, active, delayed, paused}; a: {count, lease_ms, worker_id, job_key_prefix, events_suffix,
---    channel, retention_ms, max_events, input_suffix, inline_max}
--- Returns {paused(0/1), next_delayed_ms or -1, now, then 10 values per claimed job (the last: the
--- photo when it is at most inline_max bytes, else false)}
+--    channel, retention_ms, max_events}
+-- Returns {paused(0/1), next_delayed_ms or -1, now, then 9 values per claimed job}
 local function claim_jobs(k, a)
   local now, now_us = clock()
   local due = redis.call('ZRANGEBYSCORE', k[3], '-inf', now, 'LIMIT', 0, 1000)
@@ -70,12 +69,6 @@ local function claim_jobs(k, a)
       out[#out + 1] = fence
       out[#out + 1] = attempts
       for i = 1, 6 do out[#out + 1] = f[i] end
-      local input_key = job_key .. a[9]
-      if redis.call('STRLEN', input_key) <= tonumber(a[10]) then
-        out[#out + 1] = redis.call('GET', input_key)
-      else
-        out[#out + 1] = false
-      end
     end
   end
   return out

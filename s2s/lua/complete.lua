@@ -1,11 +1,12 @@
 -- Complete a job and, in the same round trip, claim the worker's next jobs (as claim.lua does).
--- KEYS: job, result, events, input, active, completed, totals, waiting, delayed, paused
--- ARGV: fence, image bytes, content type, image_url, provider, then claim.lua's ten arguments
---       (count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events,
---       input_suffix, inline_max)
+-- The picture is already in the blob store (under a key of this attempt's fence): the record names it.
+-- KEYS: job, events, active, completed, totals, waiting, delayed, paused, the picture's Redis key (Redis storage)
+-- ARGV: fence, picture key, content type, image_url, provider, then claim.lua's eight arguments
+--       (count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events),
+--       then the picture's bytes with Redis storage ('' otherwise: the worker put them in the blob store)
 -- Returns {1 or 0 (no longer ours), then claim_jobs's answer}
-local claim_keys = {KEYS[8], KEYS[5], KEYS[9], KEYS[10]}
-local claim_args = {unpack(ARGV, 6, 15)}
+local claim_keys = {KEYS[6], KEYS[3], KEYS[7], KEYS[8]}
+local claim_args = {unpack(ARGV, 6, 13)}
 local channel, ttl, max_events = claim_args[6], tonumber(claim_args[7]), tonumber(claim_args[8])
 local job = redis.call('HMGET', KEYS[1], 'fence', 'status', 'id', 'error')
 if job[1] ~= ARGV[1] or job[2] ~= 'processing' then
@@ -15,16 +16,18 @@ if job[1] ~= ARGV[1] or job[2] ~= 'processing' then
 end
 local id = job[3]
 local now, now_us = clock()
-redis.call('ZREM', KEYS[5], id)
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+redis.call('ZREM', KEYS[3], id)  -- first: a write that shrinks memory, so a full Redis runs the rest
+if ARGV[14] ~= '' then redis.call('SET', KEYS[9], ARGV[14], 'PX', ttl) end
 redis.call('HSET', KEYS[1], 'status', 'completed', 'progress', 100, 'message', 'Your picture is ready',
-           'completedAt', now, 'completedAtUs', now_us, 'resultType', ARGV[3], 'provider', ARGV[5])
+           'completedAt', now, 'completedAtUs', now_us, 'picture', ARGV[2], 'resultType', ARGV[3],
+           'provider', ARGV[5])
+redis.call('HDEL', KEYS[1], 'photo')  -- deleted from the blob store by the worker next
 if job[4] then redis.call('HDEL', KEYS[1], 'error', 'errorCode') end
-redis.call('ZADD', KEYS[6], now, id)  -- trimmed to the retention time by stats and the reaper
-redis.call('HINCRBY', KEYS[7], 'completed', 1)
-emit(KEYS[1], KEYS[3], channel, {type = 'job_completed', jobId = id, status = 'completed', progress = 100,
+redis.call('ZADD', KEYS[4], now, id)  -- trimmed to the retention time by stats and the reaper
+redis.call('HINCRBY', KEYS[5], 'completed', 1)
+emit(KEYS[1], KEYS[2], channel, {type = 'job_completed', jobId = id, status = 'completed', progress = 100,
      result = {imageUrl = ARGV[4]}}, ttl, max_events)
-retain(KEYS[1], ttl, KEYS[4], KEYS[3])
+retain(KEYS[1], ttl, KEYS[2])
 local out = claim_jobs(claim_keys, claim_args)
 table.insert(out, 1, 1)
 return out

@@ -8,15 +8,15 @@
 -- live workers get confirm_ms to renew before anything is taken back, however long the outage was.
 -- Also trims the ended-job sets to the retention time.
 -- KEYS: active, waiting, failed, totals, completed, cancelled
--- ARGV: job_key_prefix, events_suffix, input_suffix, channel, retention_ms, max_events, limit, confirm_ms
+-- ARGV: job_key_prefix, events_suffix, channel, retention_ms, max_events, limit, confirm_ms
 -- Returns how many jobs were taken back
 local now = now_ms()
-local ttl = tonumber(ARGV[5])
-local confirm = tonumber(ARGV[8])
+local ttl = tonumber(ARGV[4])
+local confirm = tonumber(ARGV[7])
 for _, key in ipairs({KEYS[3], KEYS[5], KEYS[6]}) do  -- writes that shrink memory first (see extend.lua)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ttl)
 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
 
 -- Whether the job's expired lease was already suspected by a pass at least `confirm` ms ago, in the
 -- same attempt (fence); if not, it is suspected now.
@@ -53,17 +53,17 @@ for _, id in ipairs(expired) do
                  'error', err, 'errorCode', 'worker_lost')
       redis.call('ZADD', KEYS[3], now, id)
       redis.call('HINCRBY', KEYS[4], 'failed', 1)
-      emit(job_key, events_key, ARGV[4], {type = 'job_failed', jobId = id, status = 'failed', error = err,
-           code = 'worker_lost'}, ttl, tonumber(ARGV[6]))
-      retain(job_key, ttl, job_key .. ARGV[3], events_key)
+      emit(job_key, events_key, ARGV[3], {type = 'job_failed', jobId = id, status = 'failed', error = err,
+           code = 'worker_lost'}, ttl, tonumber(ARGV[5]))
+      retain(job_key, ttl, events_key)
     else
       redis.call('HINCRBY', job_key, 'fence', 1)
       local message = 'Waiting in the queue'
       redis.call('HSET', job_key, 'status', 'queued', 'progress', 0, 'message', message)
       redis.call('RPUSH', KEYS[2], id)
       redis.call('HINCRBY', KEYS[4], 'requeued', 1)
-      emit(job_key, events_key, ARGV[4], {type = 'job_progress', jobId = id, status = 'queued', progress = 0,
-           message = message}, ttl, tonumber(ARGV[6]))
+      emit(job_key, events_key, ARGV[3], {type = 'job_progress', jobId = id, status = 'queued', progress = 0,
+           message = message}, ttl, tonumber(ARGV[5]))
     end
   end
 end

@@ -84,8 +84,12 @@ class BlobStore(abc.ABC):
         """
         return None
 
-    async def sweep(self) -> int:
-        """Remove expired blobs (backends whose store does not expire them itself); return how many."""
+    async def sweep(self, *, min_age_s: float = 0) -> int:
+        """Remove expired blobs (backends whose store does not expire them itself); return how many.
+
+        ``min_age_s``: no blob put less than this long ago can have expired (the shortest expiry the
+        caller uses), so a backend that pays per look (S3: a HEAD) may skip those unlooked.
+        """
         return 0
 
     @abc.abstractmethod

@@ -100,8 +100,8 @@ class FileStore(BlobStore):
             return [top]
         return [Path(d, n) for d, _, names in os.walk(top) for n in names if not n.startswith(".")]
 
-    async def sweep(self) -> int:
-        return await asyncio.to_thread(self._sweep)
+    async def sweep(self, *, min_age_s: float = 0) -> int:
+        return await asyncio.to_thread(self._sweep)  # a stat per file (its mtime is its expiry): cheap already
 
     def _sweep(self) -> int:
         now = time.time()

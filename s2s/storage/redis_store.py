@@ -43,6 +43,10 @@ class RedisStore(BlobStore):
             url = settings.redis_url or "redis://127.0.0.1:6379/0"
         return cls(aioredis.Redis.from_url(url, protocol=2), keys, owned=True)
 
+    def redis_key(self, key: str) -> str:
+        """The Redis key a blob lives under (for a script that writes one with its other writes)."""
+        return self.keys.blob(check_key(key))
+
     async def put(self, key: str, data: bytes, *, ttl_s: int, content_type: str = "application/octet-stream") -> None:
         await self.redis.set(self.keys.blob(check_key(key)), data, px=int(ttl_s * 1000))
 

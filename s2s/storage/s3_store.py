@@ -21,6 +21,7 @@ from s2s.storage import BlobStore, check_key
 
 EXPIRES = "s2s-expires-ms"  # user metadata: when the object expires, Unix ms
 DELETE_BATCH = 1000  # keys per DeleteObjects request (the S3 maximum)
+SWEEP_HEADS = 2000  # objects looked at (HEAD) per sweep, at most: a sweep stays bounded however big the bucket
 
 
 def _expiry(attributes: dict) -> float | None:
@@ -115,10 +116,14 @@ class S3BlobStore(BlobStore):
         seconds = max(1, math.floor(min(ttl_s, left)))
         return await obstore.sign_async(self.store, "GET", check_key(key), timedelta(seconds=seconds))
 
-    async def sweep(self) -> int:
-        """Delete expired objects: one listing plus one HEAD per object (s2s keeps a few per job)."""
+    async def sweep(self, *, min_age_s: float = 0) -> int:
+        """Delete expired objects: one listing, and a HEAD per object older than ``min_age_s`` (at most
+        :data:`SWEEP_HEADS` a sweep; the next sweep goes on with the rest)."""
         now = time.time()
-        expired = [p for p in await self._list(None) if (await self._head(p) or math.inf) <= now]
+        stream = obstore.list(self.store, None, chunk_size=DELETE_BATCH)
+        old = [m["path"] async for chunk in stream for m in chunk
+               if m["last_modified"].timestamp() <= now - min_age_s]
+        expired = [p for p in old[:SWEEP_HEADS] if (await self._head(p) or math.inf) <= now]
         await self.delete(*expired)
         return len(expired)
 

@@ -22,6 +22,7 @@ from s2s.catalog import Catalog
 from s2s.models import JOB_ID_PATTERN, JobStatus
 from s2s.queue import Queue
 from s2s.settings import Settings
+from s2s.storage import BlobStore
 from s2s.timeouts import within
 from s2s.web.access import bearer_token, check_operator, origin_allowed
 from s2s.web.describe import NO_STORE, answer, describe, error, operation
@@ -44,6 +45,8 @@ class AppContext:
     catalog: Catalog
     admission: Admission = field(default=Factory(
         lambda self: Admission(self.queue.redis, self.queue.keys, self.settings), takes_self=True))
+    #: where photos and pictures live (S2S_STORAGE_URL): the queue's store, which job records refer to
+    blobs: BlobStore = field(default=Factory(lambda self: self.queue.blobs, takes_self=True))
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -159,7 +162,9 @@ class JobStatusHandler(ApiHandler):
 
 @describe("/api/jobs/{jobId}/image", get=lambda settings, catalog: operation(
     "getJobImage", "jobs", "The picture of a completed job (what `result.imageUrl` points to)",
-    description=f"Kept for S2S_RETENTION_SECONDS ({settings.retention_seconds} s) after the job ended.",
+    description=f"Kept for S2S_RETENTION_SECONDS ({settings.retention_seconds} s) after the job ended. With S3 "
+                "storage the answer is a 302 to a presigned link valid for S2S_STORAGE_LINK_SECONDS "
+                f"({settings.storage_link_seconds} s): the picture's bytes come from the bucket, not through the API.",
     responses={
         200: {"description": "The image bytes with their type: PNG from the built-in providers; an upstream "
                              "provider may answer JPEG or WebP.",
@@ -167,25 +172,46 @@ class JobStatusHandler(ApiHandler):
                                                                                "pattern": "^inline; filename="}},
                           "Cache-Control": {"required": True, "schema": {"type": "string"}}},
               "content": {t: {} for t in ("image/png", "image/jpeg", "image/webp", "image/*")}},
+        302: {"description": "S3 storage: the picture is at `Location`, a presigned link that stops working after "
+                             "S2S_STORAGE_LINK_SECONDS; ask this route again for a fresh one.",
+              "headers": {"Location": {"required": True, "schema": {"type": "string", "format": "uri"}},
+                          "Cache-Control": {"required": True, "schema": {"const": "no-store"}}}},
         404: error("No image: unknown job, a job that did not complete, or expired.", "image_not_found", "not_found"),
-        409: error("The job has not ended yet.", "job_not_finished"), 503: "RedisUnavailable"}))
+        409: error("The job has not ended yet.", "job_not_finished"),
+        503: error("Redis or the blob store is not answering.", "redis_unavailable", "storage_unavailable")}))
 class JobImageHandler(ApiHandler):
-    """GET behind ``result.imageUrl``: the image bytes with their Content-Type."""
+    """GET behind ``result.imageUrl``: the image bytes with their Content-Type, or a link to them (S3)."""
 
     async def get(self, job_id: str) -> None:
-        found = await self.ctx.queue.result(job_id)
+        found = await self.ctx.queue.picture(job_id)
         if found is None:
             job = await self.ctx.queue.get(job_id)
             if job is not None and not job.status.ended:
                 return self.fail(409, "job_not_finished", f"Job {job_id!r} is {job.status.value}; no image yet.")
-            return self.fail(404, "image_not_found", f"No image for job {job_id!r} (it may have expired).")
-        data, content_type = found
+            return self._gone(job_id)
+        key, content_type = found
+        try:
+            link = await self.ctx.blobs.url(key, ttl_s=self.ctx.settings.storage_link_seconds)
+            data = None if link else await self.ctx.blobs.get(key)
+        except redis.exceptions.RedisError:
+            raise  # Redis storage: answered as Redis being down is
+        except Exception as exc:  # noqa: BLE001 (a file or S3 store failing: disk, network, bucket; each its own type)
+            log.warning("blob store unavailable", extra={"store": self.ctx.blobs.scheme, "error": str(exc)})
+            return self.fail(503, "storage_unavailable", "The picture store is not answering; try again shortly.")
+        if link:  # the link expires: the redirect itself must not be kept
+            self.set_header("Cache-Control", "no-store")
+            return self.redirect(link, status=302)
+        if data is None:
+            return self._gone(job_id)
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "private, max-age=3600, immutable")
         # not the id: a saved picture gets shared, and its name would be the key to the job (and the hero's name)
         self.set_header("Content-Disposition",
                         f'inline; filename="snap2story-{logs.job_digest(job_id)}.{content_type.split("/")[-1]}"')
         self.finish(data)
+
+    def _gone(self, job_id: str) -> None:
+        self.fail(404, "image_not_found", f"No image for job {job_id!r} (it may have expired).")
 
 
 @describe("/api/jobs/stats", get=operation(
@@ -198,26 +224,32 @@ class StatsHandler(ApiHandler):
 
 
 @describe("/api/jobs/health", get=operation(
-    "getHealth", "queue", "Whether this API can serve: Redis round trip, live workers, queue depth, provider",
+    "getHealth", "queue", "Whether this API can serve: Redis and blob store round trips, live workers, queue depth, "
+                          "provider",
     description="A provider flagged `misconfigured` (its key refused) still answers 200: that is the operator's to "
                 "fix, not a reason for a load balancer to pull the API.",
     responses={200: answer("Health", "Healthy.", headers=NO_STORE),
                503: answer("Unhealthy", "Not able to serve; `reason` says why.")}))
 class HealthHandler(ApiHandler):
-    """Redis round trip, live workers, queue depth and the provider's state, within one second.
+    """Redis and blob store round trips, live workers, queue depth and the provider's state, within one second.
 
-    503 when Redis does not answer, and when no worker has been alive for S2S_WORKER_ABSENT_MS
+    503 when Redis or the blob store does not answer, and when no worker has been alive for S2S_WORKER_ABSENT_MS
     (see :meth:`s2s.fleet.Fleet.absence_ms`): jobs would be accepted that nothing runs.
     """
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
+        storage = asyncio.ensure_future(self._probe_storage())  # at the same time: both within the budget
         try:
             body = await within(HEALTH_PROBE_S, self._probe())
         except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
             reason = str(exc) or "no answer within 1 s"
             return self.answer({"status": "unhealthy", "reason": f"Redis is not answering: {reason}",
-                                "redis": {"ok": False}}, 503)
+                                "redis": {"ok": False}, "storage": await storage}, 503)
+        body["storage"] = await storage
+        if not body["storage"]["ok"]:
+            return self.answer({"status": "unhealthy", "reason": f"The blob store ({body['storage']['scheme']}) is "
+                                f"not answering: {body['storage']['reason']}", **body}, 503)
         limit = self.ctx.settings.worker_absent_ms
         absent = body["workers"]["absentMs"]
         if limit and absent > limit:
@@ -226,6 +258,16 @@ class HealthHandler(ApiHandler):
                 "jobs are accepted but no worker runs them."), **body}, 503)
         # a refused key is the operator's to fix, not a reason for a load balancer to pull the API: still 200
         self.answer({"status": "ok", **body})
+
+    async def _probe_storage(self) -> dict:
+        """Where photos and pictures are kept, and whether it answers (S2S_STORAGE_URL)."""
+        blobs = self.ctx.blobs
+        started = time.perf_counter()
+        try:
+            await within(HEALTH_PROBE_S, blobs.ping())
+        except Exception as exc:  # noqa: BLE001 (disk, network or bucket: each backend has its own errors)
+            return {"ok": False, "scheme": blobs.scheme, "reason": str(exc) or "no answer within 1 s"}
+        return {"ok": True, "scheme": blobs.scheme, "rttMs": round((time.perf_counter() - started) * 1000, 2)}
 
     async def _probe(self) -> dict:
         queue = self.ctx.queue

@@ -239,6 +239,11 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
         "queue": {"type": "object", "required": ["waiting", "oldestWaitingAgeMs"], "properties": {
             "waiting": COUNT, "oldestWaitingAgeMs": _nullable("integer", minimum=0)}},
         "provider": ref("ProviderState"),
+        "storage": {"type": "object", "required": ["ok", "scheme", "rttMs"], "description": (
+            "The blob store photos and pictures are kept in (S2S_STORAGE_URL): its kind and a round trip "
+            "(a listing for S3, a write check for a directory, PING for Redis)."), "properties": {
+            "ok": {"const": True}, "scheme": {"enum": ["file", "s3", "redis"]},
+            "rttMs": {"type": "number", "minimum": 0}}},
         "store": {"type": "object", "required": ["state", "usedBytes", "maxBytes"], "properties": {
             "state": {"enum": ["ok", "full"], "description": "full: submits get 503 storage_full, claims pause."},
             "usedBytes": COUNT, "maxBytes": _nullable("integer", minimum=1), "reason": {"type": "string"}}},
@@ -340,7 +345,7 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
         },
         "Health": {
             "type": "object",
-            "required": ["status", "redis", "workers", "queue", "provider"],
+            "required": ["status", "redis", "storage", "workers", "queue", "provider"],
             "properties": {"status": {"const": "ok"}, **probe},
         },
         "Unhealthy": {
@@ -349,11 +354,14 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
             "required": ["status", "reason"],
             "properties": {
                 "status": {"const": "unhealthy"},
-                "reason": {"type": "string", "description": "Redis not answering, or no worker alive for "
-                                                            "S2S_WORKER_ABSENT_MS."},
+                "reason": {"type": "string", "description": "Redis or the blob store not answering, or no worker "
+                                                            "alive for S2S_WORKER_ABSENT_MS."},
                 **probe,
                 "redis": {"type": "object", "required": ["ok"], "properties": {
                     "ok": {"type": "boolean"}, "rttMs": {"type": "number", "minimum": 0}}},
+                "storage": {"type": "object", "required": ["ok", "scheme"], "properties": {
+                    "ok": {"type": "boolean"}, "scheme": {"enum": ["file", "s3", "redis"]},
+                    "rttMs": {"type": "number", "minimum": 0}, "reason": {"type": "string"}}},
             },
         },
         "Catalog": {

@@ -130,6 +130,9 @@ class GenerateImageHandler(ApiHandler):
         self.request.connection.set_max_body_size(limit * DRAIN_FACTOR)
         try:  # before the body: a refused client costs no decoding and no memory
             refusal = await self.ctx.admission.check(self._client)
+            if refusal is None:  # past the high-water mark: the room left is for the jobs already running
+                fill = await self.ctx.queue.memory.fill()  # read at most once a second (cached)
+                refusal = redis_memory.refusal(fill) if fill.full else None
         except redis.exceptions.RedisError:
             refusal = None  # decided again before queueing; meanwhile bad input still gets its 400
         if refusal:
@@ -200,7 +203,7 @@ class GenerateImageHandler(ApiHandler):
         except InputError as exc:
             return self.fail(exc.status, exc.code, exc.message, exc.details)
         fill = await self.ctx.queue.memory.fill()
-        if fill.full:  # past the high-water mark: the room left is for the jobs already running
+        if fill.full:  # again: it may have filled while this body was read
             return self.refuse(redis_memory.refusal(fill))
         token, refusal = await self.ctx.admission.take(self._client)  # atomic across API processes
         if refusal:
