@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
-from attrs import frozen
+from attrs import field, frozen
 
-from s2s import connections, scripts
+from s2s import connections, deletion, scripts
 from s2s.fleet import WORKER_MEMORY_MS, Fleet
 from s2s.keys import Keys
 from s2s.models import Job, Stats, image_path
@@ -79,6 +79,15 @@ class NewJob:
             h.update(part.encode() + b"\0")
         h.update(self.photo)
         return h.hexdigest()[:32]
+
+
+@frozen
+class Accepted:
+    """A submission's job: its id, whether this call made it (not an idempotent replay), its delete token."""
+
+    job_id: str
+    created: bool
+    delete_token: str | None = field(repr=False)  # None only replaying an entry from before delete tokens
 
 
 @frozen
@@ -162,34 +171,47 @@ class Queue:
         """A photo's expiry, from intake: the retention time plus :data:`QUEUED_PHOTO_S` (never without one)."""
         return self.settings.retention_seconds + QUEUED_PHOTO_S
 
-    async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
-        """Store the photo, then queue the job; return (job id, created). A repeated key returns its first job.
+    async def accept(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> Accepted:
+        """Store the photo, then queue the job with its delete token. A repeated key answers its first job.
 
         The photo goes to the blob store first, with its expiry: the record only names it, and a worker
         can claim the job the moment the script has run. Refused or failed, the photo is deleted again.
         """
         job_id = new_job_id()
         k = self.keys
-        fingerprint = job.fingerprint() if idempotency else ""
+        token = deletion.new_token()
+        entry = ""  # the idempotency entry: fingerprint and sealed token (delete.lua deletes it with the job)
         idem_key = k.idempotency(idempotency.client, idempotency.key) if idempotency else k.job(job_id) + ":noidem"
         photo_key = job_blob(job_id, "photo")
         fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
-                  "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts, "photo", photo_key]
+                  "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts, "photo", photo_key,
+                  "deleteHash", deletion.token_digest(token)]
+        if idempotency:
+            entry = f"{job.fingerprint()} {deletion.seal(token, idempotency.client, idempotency.key, job_id)}"
+            fields += ["idemKey", idem_key]
         await self.blobs.put(photo_key, job.photo, ttl_s=self.photo_ttl_s, content_type=job.photo_type)
         try:
             created, value = await scripts.call(
                 self.redis, "enqueue", [k.job(job_id), k.waiting, idem_key, k.job_events(job_id)],
-                [job_id, fingerprint, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
+                [job_id, entry, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
         except BaseException:
             await asyncio.shield(self._forget_photo(photo_key))
             raise
         if created:
-            return job_id, True
+            return Accepted(job_id, True, token)
         await self._forget_photo(photo_key)  # the key's first job has its own
-        seen_fingerprint, seen_id = text(value).split(" ", 1)
-        if seen_fingerprint != fingerprint:
+        seen = text(value).split(" ")
+        seen_id = seen[-1]
+        if seen[0] != job.fingerprint():
             raise IdempotencyConflict
-        return seen_id, False
+        sealed = seen[1] if len(seen) == 3 else None  # an entry from before delete tokens has none
+        return Accepted(seen_id, False, sealed and deletion.unseal(sealed, idempotency.client, idempotency.key,
+                                                                   seen_id))
+
+    async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
+        """:meth:`accept`, answering (job id, created) only."""
+        accepted = await self.accept(job, idempotency)
+        return accepted.job_id, accepted.created
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))
@@ -238,6 +260,18 @@ class Queue:
             self.redis, "cancel",
             [k.job(job_id), k.job_events(job_id), k.waiting, k.delayed, k.active, k.cancelled, k.totals],
             [*self._common(), k.control_channel]))
+
+    async def delete(self, job_id: str, idem_key: str | None) -> str:
+        """Remove the job and all Redis keeps of it, stopping it if it runs; return the status it had ('' unknown).
+
+        ``idem_key``: the record's ``idemKey`` (:func:`s2s.deletion.owner`). The blobs are the caller's.
+        """
+        k = self.keys
+        return text(await scripts.call(
+            self.redis, "delete",
+            [k.job(job_id), k.job_events(job_id), k.waiting, k.active, k.delayed, k.completed, k.failed,
+             k.cancelled, k.totals, idem_key or k.job(job_id) + ":noidem"],
+            [k.events_channel, k.control_channel]))
 
     async def retry(self, job_id: str) -> str:
         """Queue a failed or cancelled job again; return the status it had ('' unknown, 'gone' photo expired)."""

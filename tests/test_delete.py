@@ -1,0 +1,210 @@
+"""Deletion by the parent: DELETE /api/jobs/<id> with the submit's deleteToken removes the job everywhere.
+
+Real API and worker processes on a real Redis. "Everywhere" is listed, not assumed: every Redis
+key under the prefix is read back (names and values) and none may mention the job afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from s2s.admission import client_key
+from s2s.queue import IdempotencyKey, NewJob, Queue
+from tests.helpers import data_url, http_json, photo_bytes, wait_until
+from tests.test_ws import ORIGIN, Client
+
+TOKEN = "delete-test-operator-token"
+
+
+def submit(url: str, key: str | None = None, seed: int = 0) -> dict:
+    body = {"heroName": "Mia", "originalImageBase64": data_url(photo_bytes(seed=seed)), "themeId": "space"}
+    headers = {"Content-Type": "application/json", **({"Idempotency-Key": key} if key else {})}
+    status, answer_headers, raw = http_json("POST", url + "/api/jobs/generate-image", json.dumps(body).encode(),
+                                            headers)
+    assert status == 202, raw
+    assert answer_headers["Cache-Control"] == "no-store"
+    return json.loads(raw)
+
+
+def delete(url: str, job_id: str, token: str | None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    status, answer_headers, raw = http_json("DELETE", f"{url}/api/jobs/{job_id}", headers=headers)
+    return status, {"headers": answer_headers, **(json.loads(raw) if raw else {})}
+
+
+def status_of(url: str, job_id: str) -> tuple[int, dict]:
+    status, _, raw = http_json("GET", f"{url}/api/jobs/{job_id}/status")
+    return status, json.loads(raw)
+
+
+def image_status(url: str, job_id: str) -> int:
+    return http_json("GET", f"{url}/api/jobs/{job_id}/image")[0]
+
+
+def mentions(redis_client, prefix: str, job_id: str) -> list[str]:
+    """Every key under ``prefix`` whose name or value names the job (hashes, lists, sets, zsets, strings)."""
+    found = []
+    for raw_key in redis_client.scan_iter(match=f"{prefix}:*", count=1000):
+        key = raw_key.decode()
+        kind = redis_client.type(raw_key).decode()
+        if kind == "string":
+            values = [redis_client.get(raw_key) or b""]
+        elif kind == "hash":
+            values = [b for pair in redis_client.hgetall(raw_key).items() for b in pair]
+        elif kind == "list":
+            values = redis_client.lrange(raw_key, 0, -1)
+        elif kind == "zset":
+            values = redis_client.zrange(raw_key, 0, -1)
+        elif kind == "set":
+            values = list(redis_client.smembers(raw_key))
+        else:
+            values = []
+        if job_id in key or any(job_id.encode() in value for value in values):
+            found.append(key)
+    return found
+
+
+def wait_status(url: str, job_id: str, wanted: str, timeout: float = 20) -> dict:
+    return wait_until(lambda: (found := status_of(url, job_id))[0] == 200 and found[1]["status"] == wanted
+                      and found[1], timeout=timeout, what=f"the job to be {wanted}")
+
+
+def assert_gone(stack, url: str, job_id: str, idempotency_key: str | None = None) -> None:
+    code, body = status_of(url, job_id)
+    assert code == 404 and body["code"] == "job_not_found", body
+    assert image_status(url, job_id) == 404
+    assert mentions(stack.redis, stack.settings.key_prefix, job_id) == []
+    if idempotency_key:
+        assert not stack.redis.exists(stack.keys.idempotency(client_key("127.0.0.1"), idempotency_key))
+
+
+async def ws_subscribe(url: str, job_id: str) -> dict:
+    client = await Client.connect(url, origin=ORIGIN)
+    await client.send(type="subscribe_to_job", jobId=job_id)
+    frame = await client.recv()
+    await client.close()
+    return frame
+
+
+def test_a_completed_job_is_deleted_everywhere_by_its_token(stack):
+    url = stack.api(S2S_PROVIDER="noop")
+    stack.worker(S2S_PROVIDER="noop")
+    accepted = submit(url, key="parent-retry-key")
+    job_id, token = accepted["jobId"], accepted["deleteToken"]
+    assert len(token) >= 22 and token != job_id  # 128 bits at least, its own secret
+    assert token not in json.dumps(stack.job(job_id))  # kept as a hash only
+    wait_status(url, job_id, "completed")
+    assert image_status(url, job_id) == 200
+    assert mentions(stack.redis, stack.settings.key_prefix, job_id)  # the listing sees the job while it exists
+
+    code, answer = delete(url, job_id, token)
+    assert code == 204, answer
+    assert_gone(stack, url, job_id, "parent-retry-key")
+    frame = asyncio.run(ws_subscribe(url, job_id))
+    assert frame["type"] == "error" and frame["code"] == "job_not_found", frame
+    assert delete(url, job_id, token)[0] == 404  # already gone
+    # the key's entry went with the job: the same retry now makes a new job
+    again = submit(url, key="parent-retry-key")
+    assert again["jobId"] != job_id
+
+
+def test_a_running_job_is_stopped_and_deleted(stack):
+    url = stack.api(S2S_PROVIDER="noop")
+    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=60000)  # would run for a minute
+    worker_id = stack.worker_id(worker)
+    accepted = submit(url, key="running")
+    job_id = accepted["jobId"]
+    wait_status(url, job_id, "processing")
+
+    async def delete_while_watching() -> tuple[int, dict]:
+        client = await Client.connect(url, origin=ORIGIN)
+        await client.send(type="subscribe_to_job", jobId=job_id)
+        assert (await client.recv())["status"] == "processing"
+        code, _ = await asyncio.get_running_loop().run_in_executor(None, delete, url, job_id,
+                                                                   accepted["deleteToken"])
+        heard = await client.recv()
+        await client.close()
+        return code, heard
+
+    code, heard = asyncio.run(delete_while_watching())
+    assert code == 204
+    assert heard["type"] == "job_cancelled" and heard["jobId"] == job_id, heard  # the watcher stops waiting
+    # the worker let go of it long before its minute was up: stopped, not finished
+    wait_until(lambda: json.loads(stack.redis.get(stack.keys.worker(worker_id)) or b"{}").get("jobs") == 0,
+               timeout=15, what="the worker to drop the deleted job")
+    assert_gone(stack, url, job_id, "running")
+    assert worker.poll() is None
+    log = worker.log_path.read_text()
+    assert "job stopped" in log and "job completed" not in log
+
+
+def test_a_wrong_token_changes_nothing(stack):
+    url = stack.api(S2S_PROVIDER="noop", S2S_ADMIN_TOKEN=TOKEN)
+    stack.worker(S2S_PROVIDER="noop")
+    first, second = submit(url, seed=1), submit(url, seed=2)
+    job_id = first["jobId"]
+    wait_status(url, job_id, "completed")
+    before = stack.job(job_id)
+
+    code, answer = delete(url, job_id, None)
+    assert code == 401 and answer["code"] == "unauthorized"
+    assert {k.lower(): v for k, v in answer["headers"].items()}["www-authenticate"] == 'Bearer realm="s2s"'
+
+    for wrong in ("not-the-token", second["deleteToken"], first["deleteToken"][:-1], first["jobId"]):
+        code, answer = delete(url, job_id, wrong)
+        assert code == 403 and answer["code"] == "forbidden" and answer["error"], (wrong, answer)
+    assert status_of(url, job_id)[0] == 200 and image_status(url, job_id) == 200
+    assert stack.job(job_id) == before
+    code, answer = delete(url, "no-such-job", first["deleteToken"])
+    assert code == 404 and answer["code"] == "job_not_found"
+
+    assert delete(url, job_id, TOKEN)[0] == 204  # the operator's token opens every job
+    assert_gone(stack, url, job_id)
+    assert status_of(url, second["jobId"])[0] == 200  # and only the one it was sent for
+
+
+def test_a_retried_submit_shows_the_same_token_again(stack):
+    url = stack.api(S2S_PROVIDER="noop")
+    first = submit(url, key="lost-answer")
+    replay = submit(url, key="lost-answer")
+    assert replay["jobId"] == first["jobId"] and replay["deleteToken"] == first["deleteToken"]
+    other = submit(url, key="another-key")
+    assert other["deleteToken"] != first["deleteToken"]
+    assert delete(url, first["jobId"], replay["deleteToken"])[0] == 204
+    assert_gone(stack, url, first["jobId"], "lost-answer")
+
+
+@pytest.mark.parametrize("state", ["queued", "delayed", "failed", "cancelled"])
+def test_a_job_in_any_state_leaves_nothing_in_redis(settings, redis_client, state):
+    """Through the queue itself, for the states the API tests do not reach."""
+    photo = photo_bytes("PNG", (64, 64))
+
+    async def main() -> str:
+        queue = Queue.connect(settings)
+        try:
+            key = IdempotencyKey("203.0.113.7", f"key-{state}")
+            accepted = await queue.accept(NewJob("Mia", "space", "cartoon", "cover", photo, "image/png"), key)
+            job_id = accepted.job_id
+            if state in ("delayed", "failed"):
+                claim = (await queue.claim("w1", 1)).claims[0]
+                outcome = await queue.fail(claim, "no", "upstream_error", retryable=state == "delayed", delay_ms=60000)
+                assert outcome == (2 if state == "delayed" else 3)
+            elif state == "cancelled":
+                assert await queue.cancel(job_id) == "queued"
+            assert (await queue.get(job_id)).status.value == ("queued" if state == "delayed" else state)
+            assert redis_client.exists(queue.keys.idempotency(key.client, key.key))
+            was = await queue.delete(job_id, queue.keys.idempotency(key.client, key.key))
+            assert was == ("queued" if state == "delayed" else state)
+            assert await queue.delete(job_id, None) == ""  # unknown now
+            stats = await queue.stats()
+            assert (stats.waiting, stats.delayed, stats.failed, stats.cancelled) == (0, 0, 0, 0)
+            assert stats.totals["deleted"] == 1
+            return job_id
+        finally:
+            await queue.close()
+
+    job_id = asyncio.run(main())
+    assert mentions(redis_client, settings.key_prefix, job_id) == []
