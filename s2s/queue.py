@@ -20,12 +20,12 @@ import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
-from attrs import field, frozen
+from attrs import frozen
 
 from s2s import connections, deletion, scripts
 from s2s.fleet import WORKER_MEMORY_MS, Fleet
 from s2s.keys import Keys
-from s2s.models import Job, Stats, image_path
+from s2s.models import Accepted, Job, Stats, image_path
 from s2s.overview import Overview
 from s2s.redis_memory import StoreMemory
 from s2s.replies import text
@@ -79,15 +79,6 @@ class NewJob:
             h.update(part.encode() + b"\0")
         h.update(self.photo)
         return h.hexdigest()[:32]
-
-
-@frozen
-class Accepted:
-    """A submission's job: its id, whether this call made it (not an idempotent replay), its delete token."""
-
-    job_id: str
-    created: bool
-    delete_token: str | None = field(repr=False)  # None only replaying an entry from before delete tokens
 
 
 @frozen
@@ -180,15 +171,13 @@ class Queue:
         job_id = new_job_id()
         k = self.keys
         token = deletion.new_token()
-        entry = ""  # the idempotency entry: fingerprint and sealed token (delete.lua deletes it with the job)
         idem_key = k.idempotency(idempotency.client, idempotency.key) if idempotency else k.job(job_id) + ":noidem"
         photo_key = job_blob(job_id, "photo")
         fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
                   "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts, "photo", photo_key,
-                  "deleteHash", deletion.token_digest(token)]
-        if idempotency:
-            entry = f"{job.fingerprint()} {deletion.seal(token, idempotency.client, idempotency.key, job_id)}"
-            fields += ["idemKey", idem_key]
+                  "deleteHash", deletion.token_digest(token), *(["idemKey", idem_key] if idempotency else [])]
+        # the Idempotency-Key's entry (s2s/deletion.py): the request's fingerprint and the sealed token
+        entry = deletion.entry(job.fingerprint(), token, idempotency, job_id) if idempotency else ""
         await self.blobs.put(photo_key, job.photo, ttl_s=self.photo_ttl_s, content_type=job.photo_type)
         try:
             created, value = await scripts.call(
@@ -200,13 +189,10 @@ class Queue:
         if created:
             return Accepted(job_id, True, token)
         await self._forget_photo(photo_key)  # the key's first job has its own
-        seen = text(value).split(" ")
-        seen_id = seen[-1]
-        if seen[0] != job.fingerprint():
+        fingerprint, seen_id, seen_token = deletion.read_entry(text(value), idempotency)
+        if fingerprint != job.fingerprint():
             raise IdempotencyConflict
-        sealed = seen[1] if len(seen) == 3 else None  # an entry from before delete tokens has none
-        return Accepted(seen_id, False, sealed and deletion.unseal(sealed, idempotency.client, idempotency.key,
-                                                                   seen_id))
+        return Accepted(seen_id, False, seen_token)
 
     async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
         """:meth:`accept`, answering (job id, created) only."""
@@ -260,18 +246,6 @@ class Queue:
             self.redis, "cancel",
             [k.job(job_id), k.job_events(job_id), k.waiting, k.delayed, k.active, k.cancelled, k.totals],
             [*self._common(), k.control_channel]))
-
-    async def delete(self, job_id: str, idem_key: str | None) -> str:
-        """Remove the job and all Redis keeps of it, stopping it if it runs; return the status it had ('' unknown).
-
-        ``idem_key``: the record's ``idemKey`` (:func:`s2s.deletion.owner`). The blobs are the caller's.
-        """
-        k = self.keys
-        return text(await scripts.call(
-            self.redis, "delete",
-            [k.job(job_id), k.job_events(job_id), k.waiting, k.active, k.delayed, k.completed, k.failed,
-             k.cancelled, k.totals, idem_key or k.job(job_id) + ":noidem"],
-            [k.events_channel, k.control_channel]))
 
     async def retry(self, job_id: str) -> str:
         """Queue a failed or cancelled job again; return the status it had ('' unknown, 'gone' photo expired)."""

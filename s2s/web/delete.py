@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from s2s import deletion
-from s2s.storage import job_prefix
 from s2s.web.access import bearer_token, check_operator
 from s2s.web.describe import describe, error, operation
 from s2s.web.handlers import ApiHandler
@@ -53,19 +52,13 @@ class JobDeleteHandler(ApiHandler):
         operator = check_operator(self.ctx.settings.admin_token, given, "") is None
         if not operator and not deletion.token_matches(given, owner.delete_digest):
             return self.fail(403, "forbidden", "This token does not open this job; nothing was changed.")
-        prefix = job_prefix(job_id)
-        try:  # the blobs first: when the store is down the record stays, and the DELETE can be sent again
-            await self.ctx.blobs.delete_prefix(prefix)
-        except Exception as exc:  # any backend's failure: file, S3, Redis
-            log.warning("blob store unavailable; job not deleted", extra={"job": job_id, "error": repr(exc)})
+        try:
+            was = await deletion.delete_job(self.ctx.queue, job_id, owner.idem_key)
+        except deletion.StorageUnavailable as exc:
+            log.warning("blob store unavailable; job not deleted", extra={"job": job_id, "error": str(exc)})
             self.set_header("Retry-After", str(STORAGE_RETRY_S))
             return self.fail(503, "storage_unavailable", "The blob store is not reachable; nothing was deleted. "
                                                          "Try again shortly.")
-        was = await self.ctx.queue.delete(job_id, owner.idem_key)
-        try:  # a picture a worker stored meanwhile (its complete is refused now, and it removes its own too)
-            await self.ctx.blobs.delete_prefix(prefix)
-        except Exception as exc:
-            log.warning("blob store unavailable after deleting a job", extra={"job": job_id, "error": repr(exc)})
         log.info("job deleted", extra={"job": job_id, "was": was or "gone", "by": "operator" if operator else "owner"})
         self.set_status(204)
         self.clear_header("Content-Type")
