@@ -194,6 +194,7 @@ def test_a_retried_submit_shows_the_same_token_again(stack):
     assert replay["jobId"] == first["jobId"] and replay["deleteToken"] == first["deleteToken"]
     other = submit(url, key="another-key")
     assert other["deleteToken"] != first["deleteToken"]
+    assert mentions(stack.redis, stack.settings.key_prefix, first["deleteToken"]) == []  # kept hashed and sealed only
     assert delete(url, first["jobId"], replay["deleteToken"])[0] == 204
     assert_gone(stack, url, first["jobId"], "lost-answer")
 
@@ -251,3 +252,15 @@ def test_a_job_in_any_state_leaves_nothing_in_redis(settings, redis_client, stat
 
     job_id = asyncio.run(main())
     assert mentions(redis_client, settings.key_prefix, job_id) == []
+
+
+def test_a_sealed_token_opens_only_with_its_idempotency_key_client_and_job():
+    token = deletion.new_token()
+    sealed = deletion.seal(token, "203.0.113.7", "key-1", "job-a")
+    assert sealed != token and deletion.unseal(sealed, "203.0.113.7", "key-1", "job-a") == token
+    for client, key, job_id in (("203.0.113.8", "key-1", "job-a"), ("203.0.113.7", "key-2", "job-a"),
+                                ("203.0.113.7", "key-1", "job-b")):
+        assert deletion.unseal(sealed, client, key, job_id) != token
+    assert deletion.token_matches(token, deletion.token_digest(token))
+    assert not deletion.token_matches(token[:-1] + ("A" if token[-1] != "A" else "B"), deletion.token_digest(token))
+    assert not deletion.token_matches(token, None)  # a job from before delete tokens: the operator's only
