@@ -337,7 +337,7 @@ class Queue:
         """
         key = job_blob(claim.job_id, f"picture-{claim.fence}-{secrets.token_hex(4)}")
         if self.blobs.scheme != "redis":  # Redis storage: complete.lua writes it, in the same script
-            await self.blobs.put(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
+            await self.blobs.put_or_undo(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
         return key
 
     async def complete_and_claim(self, claim: Claim, data: bytes, content_type: str, provider: str, *,

@@ -17,7 +17,7 @@ import pytest
 from s2s import deletion
 from s2s.admission import client_key
 from s2s.queue import IdempotencyKey, NewJob, Queue
-from tests.helpers import data_url, http_json, photo_bytes, wait_until
+from tests.helpers import data_url, http_json, photo_bytes, wait_until, wait_until_async
 from tests.test_job_blobs import blob_names, storage_env
 from tests.test_storage import make_backend
 from tests.test_ws import ORIGIN, Client
@@ -264,3 +264,23 @@ def test_a_sealed_token_opens_only_with_its_idempotency_key_client_and_job():
     assert deletion.token_matches(token, deletion.token_digest(token))
     assert not deletion.token_matches(token[:-1] + ("A" if token[-1] != "A" else "B"), deletion.token_digest(token))
     assert not deletion.token_matches(token, None)  # a job from before delete tokens: the operator's only
+
+
+def test_a_picture_put_cancelled_mid_write_is_taken_back(settings, tmp_path, redis_client, request):
+    """A worker stopped (its job deleted) while its picture is being written leaves no picture behind:
+    the file store's thread goes on writing after the cancel, so the put is waited for and undone."""
+    backend = make_backend("file", request, settings, tmp_path, redis_client)
+    root = tmp_path / "blobs"
+    data = b"\0" * (64 * 1024 * 1024)  # long enough to be caught mid-write
+
+    async def body(store) -> None:
+        put = asyncio.ensure_future(store.put_or_undo("jobs/j1/picture-1-ab", data, ttl_s=60))
+        await wait_until_async(lambda: any(p.name.startswith(".tmp-") for p in root.rglob("*")), timeout=10,
+                               interval=0.001, what="the write to begin")
+        put.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        assert await store.list("jobs/j1") == []
+
+    backend.run(body)
+    assert backend.raw() == []
