@@ -12,7 +12,7 @@ import logging
 
 from s2s import deletion
 from s2s.web.access import bearer_token, check_operator
-from s2s.web.describe import describe, error, operation
+from s2s.web.describe import describe, error, operation, retry_after
 from s2s.web.handlers import ApiHandler
 
 log = logging.getLogger("s2s.api")
@@ -37,9 +37,7 @@ STORAGE_RETRY_S = 5
                    "method_not_allowed"),
         503: error("The job store (`redis_unavailable`) or the blob store (`storage_unavailable`, with `Retry-After`; "
                    "nothing was deleted) is not reachable: send the DELETE again.",
-                   "redis_unavailable", "storage_unavailable", headers={"Retry-After": {
-                       "required": False, "description": "Seconds to wait before trying again.",
-                       "schema": {"type": "integer", "minimum": 1}}})}))
+                   "redis_unavailable", "storage_unavailable", headers=retry_after(required=False))}))
 class JobDeleteHandler(ApiHandler):
     async def delete(self, job_id: str) -> None:
         given = bearer_token(self.request.headers.get("Authorization"))
