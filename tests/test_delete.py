@@ -116,7 +116,9 @@ def test_a_completed_job_is_deleted_everywhere_by_its_token(stack, backend):
     wait_status(url, job_id, "completed")
     assert image_status(url, job_id) in (200, 302)  # the bytes, or a presigned link to them (s3)
     assert mentions(stack.redis, stack.settings.key_prefix, job_id)  # the listing sees the job while it exists
-    assert [name.split("-")[0] for name in blob_names(backend, job_id)] == ["picture"]  # as it sees the blobs
+    # as it sees the blobs: the picture (the worker deletes the photo just after completing)
+    wait_until(lambda: [name.split("-")[0] for name in blob_names(backend, job_id)] == ["picture"], timeout=10,
+               what="the store to hold the picture only")
 
     code, answer = delete(url, job_id, token)
     assert code == 204, answer
