@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from attrs import frozen
+from attrs import field, frozen
 
 
 class JobStatus(str, enum.Enum):
@@ -141,6 +141,15 @@ class Job:
         elif self.error:
             out["lastError"] = self.error  # a retry is pending: say why
         return out
+
+
+@frozen
+class Accepted:
+    """A submission's job (the 202): its id, whether this call made it (not a replay), its delete token."""
+
+    job_id: str
+    created: bool
+    delete_token: str | None = field(repr=False)  # None only replaying an entry from before delete tokens
 
 
 @frozen

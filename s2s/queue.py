@@ -22,10 +22,10 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 from attrs import frozen
 
-from s2s import connections, scripts
+from s2s import connections, deletion, scripts
 from s2s.fleet import WORKER_MEMORY_MS, Fleet
 from s2s.keys import Keys
-from s2s.models import Job, Stats, image_path
+from s2s.models import Accepted, Job, Stats, image_path
 from s2s.overview import Overview
 from s2s.redis_memory import StoreMemory
 from s2s.replies import text
@@ -162,34 +162,42 @@ class Queue:
         """A photo's expiry, from intake: the retention time plus :data:`QUEUED_PHOTO_S` (never without one)."""
         return self.settings.retention_seconds + QUEUED_PHOTO_S
 
-    async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
-        """Store the photo, then queue the job; return (job id, created). A repeated key returns its first job.
+    async def accept(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> Accepted:
+        """Store the photo, then queue the job with its delete token. A repeated key answers its first job.
 
         The photo goes to the blob store first, with its expiry: the record only names it, and a worker
         can claim the job the moment the script has run. Refused or failed, the photo is deleted again.
         """
         job_id = new_job_id()
         k = self.keys
-        fingerprint = job.fingerprint() if idempotency else ""
+        token = deletion.new_token()
         idem_key = k.idempotency(idempotency.client, idempotency.key) if idempotency else k.job(job_id) + ":noidem"
         photo_key = job_blob(job_id, "photo")
         fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
-                  "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts, "photo", photo_key]
+                  "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts, "photo", photo_key,
+                  "deleteHash", deletion.token_digest(token), *(["idemKey", idem_key] if idempotency else [])]
+        # the Idempotency-Key's entry (s2s/deletion.py): the request's fingerprint and the sealed token
+        entry = deletion.entry(job.fingerprint(), token, idempotency, job_id) if idempotency else ""
         await self.blobs.put(photo_key, job.photo, ttl_s=self.photo_ttl_s, content_type=job.photo_type)
         try:
             created, value = await scripts.call(
                 self.redis, "enqueue", [k.job(job_id), k.waiting, idem_key, k.job_events(job_id)],
-                [job_id, fingerprint, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
+                [job_id, entry, self.retention_ms, k.events_channel, MAX_EVENTS, *fields])
         except BaseException:
             await asyncio.shield(self._forget_photo(photo_key))
             raise
         if created:
-            return job_id, True
+            return Accepted(job_id, True, token)
         await self._forget_photo(photo_key)  # the key's first job has its own
-        seen_fingerprint, seen_id = text(value).split(" ", 1)
-        if seen_fingerprint != fingerprint:
+        fingerprint, seen_id, seen_token = deletion.read_entry(text(value), idempotency)
+        if fingerprint != job.fingerprint():
             raise IdempotencyConflict
-        return seen_id, False
+        return Accepted(seen_id, False, seen_token)
+
+    async def enqueue(self, job: NewJob, idempotency: IdempotencyKey | None = None) -> tuple[str, bool]:
+        """:meth:`accept`, answering (job id, created) only."""
+        accepted = await self.accept(job, idempotency)
+        return accepted.job_id, accepted.created
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))
@@ -329,7 +337,7 @@ class Queue:
         """
         key = job_blob(claim.job_id, f"picture-{claim.fence}-{secrets.token_hex(4)}")
         if self.blobs.scheme != "redis":  # Redis storage: complete.lua writes it, in the same script
-            await self.blobs.put(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
+            await self.blobs.put_or_undo(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
         return key
 
     async def complete_and_claim(self, claim: Claim, data: bytes, content_type: str, provider: str, *,

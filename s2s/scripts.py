@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 
 _LIB = resources.files("s2s.lua").joinpath("_lib.lua").read_text()
 NAMES = ("enqueue", "claim", "extend", "progress", "complete", "fail", "release", "reap", "stats", "cancel",
-         "retry", "upstream", "admit", "rate_acquire", "rate_renew", "rate_pause")
+         "retry", "upstream", "admit", "rate_acquire", "rate_renew", "rate_pause", "delete")
 
 
 class Script:

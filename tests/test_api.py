@@ -183,8 +183,11 @@ async def test_submit_answers_202_with_where_to_look(http_client, base_url, redi
     body = json_of(resp)
     job_id = body["jobId"]
     assert JOB_ID.match(job_id), job_id
+    token = body["deleteToken"]  # the parent's key to DELETE it (tests/test_delete.py)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{24}", token) and token != job_id
     assert body == {"jobId": job_id, "status": "queued", "message": "Job queued successfully",
-                    "statusUrl": f"/api/jobs/{job_id}/status", "websocketSubscription": f"job:{job_id}"}
+                    "statusUrl": f"/api/jobs/{job_id}/status", "websocketSubscription": f"job:{job_id}",
+                    "deleteToken": token}
     assert resp.headers["Location"] == body["statusUrl"]
     assert redis_client.llen(KEYS.waiting) == 1
 
@@ -527,7 +530,7 @@ async def test_catalog_lists_the_configured_choices(http_client, base_url):
 @pytest.mark.parametrize("method, path", [
     ("GET", "/"),
     ("GET", "/api/nothing-here"),
-    ("POST", "/api/jobs/generate"),
+    ("POST", "/api/job/generate-image"),  # (/api/jobs/generate is a job's path now, DELETE only: 405)
     ("GET", "/api/jobs/bad!id/status"),
     ("GET", "/api/jobs/abc/status/extra"),
     ("GET", "/api/jobs/" + "a" * 65 + "/status"),

@@ -218,6 +218,41 @@ def test_a_newcomer_opens_the_printed_url_and_gets_a_storybook_picture(s2s_up, t
     tab.assert_no_problems()
 
 
+def test_the_parent_deletes_the_photo_and_picture_from_the_page(s2s_up, tab, photo):
+    up = s2s_up(S2S_PROVIDER="local")
+    page = tab.page
+    page.goto(up.demo_url)
+    tab.fill_form(photo, "Noa", theme="forest", style="watercolor")
+    page.get_by_role("button", name="Generate").click()
+    picture = page.get_by_alt_text("Storybook cover of Noa")
+    expect(picture).to_be_visible(timeout=30_000)
+    job_id = re.search(r"/api/jobs/([\w-]+)/image$", picture.get_attribute("src")).group(1)
+    tab.shot("done")
+
+    delete = page.get_by_role("button", name="Delete my photo and picture")
+    delete.click()  # a confirm step first, in the page
+    yes = page.get_by_role("button", name="Yes, delete them")
+    expect(page.get_by_role("group", name=re.compile("for good"))).to_be_visible()
+    expect(yes).to_be_focused()
+    tab.shot("asked-to-confirm")
+    page.get_by_role("button", name="No, keep them").click()
+    expect(delete).to_be_focused()
+    assert http_json("GET", f"{up.api}/api/jobs/{job_id}/status")[0] == 200  # kept: nothing was sent
+
+    delete.click()
+    yes.click()
+    said = page.locator("#delete-result")
+    expect(said).to_have_text("Deleted: your photo and picture are no longer on the server.")
+    expect(said).to_have_attribute("aria-live", "polite")
+    expect(said).to_be_focused()
+    expect(picture).to_be_hidden()
+    expect(delete).to_be_hidden()
+    tab.shot("deleted")
+    assert http_json("GET", f"{up.api}/api/jobs/{job_id}/status")[0] == 404
+    assert http_json("GET", f"{up.api}/api/jobs/{job_id}/image")[0] == 404
+    tab.assert_no_problems()
+
+
 def test_the_page_reconnects_after_the_connection_drops_mid_job_and_shows_completion(s2s_up, tab, photo):
     up = s2s_up(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS="5000")  # a progress event every 250 ms
     net = FlakyNetwork(int(up.api.rsplit(":", 1)[1]))

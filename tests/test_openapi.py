@@ -78,13 +78,13 @@ def test_every_route_is_described_with_the_methods_it_serves(settings, demo, tok
     table = routes(settings)
     doc = described(settings)
     methods = {path: {m for m in item if m in METHODS} for path, item in doc["paths"].items()}
+    # as Tornado routes: a path is served by the first route that matches it (/api/jobs/stats before /api/jobs/{jobId})
+    served_by = {path: next((rule for rule in table if rule[0].match(concrete(path))), None) for path in methods}
+    for path, rule in served_by.items():
+        assert rule is not None, f"{path} is described but not served"
+        assert methods[path] == implemented(rule[1]), f"{path}: described methods are not the served ones"
     for regex, handler in table:
-        paths = [p for p in methods if regex.match(concrete(p))]
-        assert paths, f"route {regex.pattern} ({handler.__name__}) is not described"
-        for path in paths:
-            assert methods[path] == implemented(handler), f"{path}: described methods are not the served ones"
-    for path in methods:
-        assert any(regex.match(concrete(path)) for regex, _ in table), f"{path} is described but not served"
+        assert (regex, handler) in served_by.values(), f"route {regex.pattern} ({handler.__name__}) is not described"
     assert ("/" in methods) is demo
 
 
@@ -165,6 +165,9 @@ def load(url: str, *, token: str | None, checks=FUZZ_CHECKS, headers: dict | Non
             # a schema cannot say "decodes to a whole photo": a well-formed but undecodable one is refused (400)
             # by design, so only the examples (a real photo) prove acceptance; refusals are checked all the same
             {"include-operation-id": "submitJob", "checks": {"positive_data_acceptance": {"enabled": False}}},
+            # a DELETE that worked leaves nothing for ignored_auth's probes that follow it: they get 404, rightly;
+            # no token (401) and a wrong one (403) are checked below and in tests/test_delete.py
+            {"include-operation-id": "deleteJob", "checks": {"ignored_auth": {"enabled": False}}},
         ],
     }
     if token:
@@ -238,12 +241,16 @@ def test_without_the_right_token_operator_endpoints_refuse_as_described(stack):
     disabled_url = stack.api()  # no S2S_ADMIN_TOKEN: the operator endpoints are off (and /metrics open)
     disabled = run(only(load(disabled_url, token=None), operator))
     assert set(unauthorised) == set(wrong) == operations(only(load(url, token=None), secured))
+    delete = "DELETE /api/jobs/{jobId}"  # the job's own token opens it, the operator's too (when set)
     assert "GET /metrics" in unauthorised and "GET /metrics" not in disabled
-    assert len(disabled) == len(unauthorised) - 1 == 8
+    assert delete in unauthorised and delete not in disabled
+    assert len(disabled) == len(unauthorised) - 2 == 8
     for operation, seen in unauthorised.items():
-        assert 401 in seen and not {200, 202} & seen, operation
+        assert 401 in seen and not {200, 202, 204} & seen, operation
+    seen = wrong.pop(delete)  # only unknown ids here: 404 (a known job's wrong token is 403: tests/test_delete.py)
+    assert 404 in seen and not {200, 202, 204} & seen
     for operation, seen in [*wrong.items(), *disabled.items()]:
-        assert 403 in seen and not {200, 202} & seen, operation
+        assert 403 in seen and not {200, 202, 204} & seen, operation
     code, _, raw = http_json("POST", disabled_url + "/api/queue/pause")
     assert code == 403 and json.loads(raw)["code"] == "operator_disabled"
 
@@ -337,6 +344,11 @@ def test_jobs_in_every_state_are_answered_as_described(stack):
     stats = call(retries, "GET", "/api/jobs/stats", 200)
     assert stats["completed"] == 1 and stats["cancelled"] == 1 and stats["durationMs"]["sample"] == 1
     assert call(retries, "GET", "/api/jobs/health", 200)["workers"]["alive"] == 1
+
+    assert call(retries, "DELETE", "/api/jobs/{jobId}", 204, path_parameters={"jobId": completes}) == b""
+    assert call(retries, "GET", status, 404, path_parameters={"jobId": completes})["code"] == "job_not_found"
+    assert call(retries, "DELETE", "/api/jobs/{jobId}", 404, path_parameters={"jobId": completes})["code"] \
+        == "job_not_found"
 
 
 def test_submit_limits_are_answered_as_described(stack):

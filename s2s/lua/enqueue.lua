@@ -1,6 +1,8 @@
 -- KEYS: job, waiting, idempotency, events
--- ARGV: job_id, fingerprint ('' = no idempotency key), retention_ms, channel, max_events,
---       then field/value pairs of the job hash (the photo is in the blob store: the hash names it)
+-- ARGV: job_id, idempotency entry ('' = no idempotency key: the request's fingerprint and the sealed
+--       delete token, s2s/deletion.py; stored with ' <job id>' after it), retention_ms, channel, max_events,
+--       then field/value pairs of the job hash (the photo is in the blob store: the hash names it; deleteHash,
+--       and idemKey: the name of KEYS[3])
 local idem = ARGV[2]
 if idem ~= '' then
   local seen = redis.call('GET', KEYS[3])

@@ -9,6 +9,7 @@ even when nobody deletes it; job records in Redis say which blobs a job has.
 from __future__ import annotations
 
 import abc
+import asyncio
 import re
 from urllib.parse import urlsplit
 
@@ -53,6 +54,22 @@ class BlobStore(abc.ABC):
         ``content_type`` is kept where the store serves the bytes itself (S3 links); with the
         others the API answers with the type the job record holds.
         """
+
+    async def put_or_undo(self, key: str, data: bytes, *, ttl_s: int,
+                          content_type: str = "application/octet-stream") -> None:
+        """:meth:`put`, undone when the caller is cancelled meanwhile (its job was stopped or deleted).
+
+        A cancelled put may land all the same (a thread still writing the file, a request S3 already
+        has): it is waited for, then deleted, so no blob is left that no record will name.
+        """
+        put = asyncio.ensure_future(self.put(key, data, ttl_s=ttl_s, content_type=content_type))
+        try:
+            await asyncio.shield(put)
+        except asyncio.CancelledError:
+            await asyncio.wait([put])
+            if not put.cancelled() and put.exception() is None:
+                await self.delete(key)
+            raise
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None:

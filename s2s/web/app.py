@@ -16,6 +16,7 @@ from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import handlers as h
 from s2s.web import submit
+from s2s.web.delete import JobDeleteHandler
 from s2s.web.demo import browser_routes
 from s2s.web.draining import DrainingHTTPServer
 from s2s.web.guards import GuardedHTTPServer
@@ -48,6 +49,7 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None,
         (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
         (r"/metrics", MetricsHandler, {"ctx": ctx, "process": metrics}),
         *operator_routes(ctx),
+        (route, JobDeleteHandler, {"ctx": ctx}),  # after every /api/jobs/<name> route, which it would shadow
         *browser_routes(ctx.settings),  # /static/s2s-client.js; the demo page at / with S2S_DEMO
     ]
     return tornado.web.Application(

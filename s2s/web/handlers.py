@@ -84,7 +84,7 @@ class ApiHandler(tornado.web.RequestHandler):
         self.finish()
 
     def _allowed_methods(self) -> str:
-        return ", ".join(m for m in ("GET", "POST", "OPTIONS") if m == "OPTIONS" or self._implements(m))
+        return ", ".join(m for m in ("GET", "POST", "DELETE", "OPTIONS") if m == "OPTIONS" or self._implements(m))
 
     def _implements(self, method: str) -> bool:
         return getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())

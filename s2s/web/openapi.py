@@ -126,6 +126,8 @@ def build(settings: Settings, catalog: Catalog, handlers: Iterable[type]) -> dic
             "securitySchemes": {
                 "operatorToken": {"type": "http", "scheme": "bearer",
                                   "description": "The API's S2S_ADMIN_TOKEN. Without it: 401; a wrong one: 403."},
+                "deleteToken": {"type": "http", "scheme": "bearer",
+                                "description": "One job's `deleteToken`, from its submission's 202."},
             },
         },
     }
@@ -174,7 +176,7 @@ def _path_item(handler: type, path: str, operations: dict, settings: Settings, c
 
 def _preflight(path: str, item: dict) -> dict:
     """The CORS preflight every API path answers (ApiHandler.options)."""
-    methods = ", ".join([m.upper() for m in ("get", "post") if m in item] + ["OPTIONS"])
+    methods = ", ".join([m.upper() for m in ("get", "post", "delete") if m in item] + ["OPTIONS"])
     op_id = next(op["operationId"] for op in item.values() if isinstance(op, dict) and "operationId" in op)
     preflight = {
         "operationId": "preflight" + op_id[0].upper() + op_id[1:],

@@ -19,7 +19,7 @@ from s2s.admission import Refusal, client_key
 from s2s.models import JOB_ID_PATTERN, status_path
 from s2s.queue import IdempotencyConflict, IdempotencyKey
 from s2s.uploads import MAX_HERO_NAME, InputError
-from s2s.web.describe import JSON, answer, describe, error, operation, ref, retry_after
+from s2s.web.describe import JSON, NO_STORE, answer, describe, error, operation, ref, retry_after
 from s2s.web.handlers import ApiHandler
 
 log = logging.getLogger("s2s.api")
@@ -72,6 +72,11 @@ def _schemas(settings, catalog) -> dict:
                 "statusUrl": {"type": "string", "format": "uri-reference"},
                 "websocketSubscription": {"type": "string", "pattern": "^job:",
                                           "description": "The `jobId` to give `subscribe_to_job` on /ws."},
+                "deleteToken": {"type": "string", "pattern": "^[A-Za-z0-9_-]{24}$", "description": (
+                    "The parent's key to `DELETE /api/jobs/{jobId}` (144 random bits), shown only in this "
+                    "answer: the server keeps just its SHA-256. A retry with the same Idempotency-Key shows it "
+                    "again (the key's entry keeps it sealed with the key itself). Absent only when replaying "
+                    "a job submitted before delete tokens existed.")},
             },
         },
     }
@@ -93,9 +98,10 @@ def _schemas(settings, catalog) -> dict:
     requestBody={"required": True, "content": {JSON: {"schema": ref("Submission"), "example": EXAMPLE_SUBMISSION}}},
     responses={
         202: answer("Accepted", "Queued (or, with a reused Idempotency-Key, already queued).",
-                    headers={"Location": {"$ref": "#/components/headers/Location"}},
+                    headers={"Location": {"$ref": "#/components/headers/Location"}, **NO_STORE},
                     links={name: {"operationId": op, "parameters": {"jobId": "$response.body#/jobId"}} for name, op
-                           in (("status", "getJobStatus"), ("image", "getJobImage"), ("cancel", "cancelJob"))}),
+                           in (("status", "getJobStatus"), ("image", "getJobImage"), ("cancel", "cancelJob"),
+                               ("delete", "deleteJob"))}),
         400: error("A field breaks a rule; `details.field` names it and `details.reason` says why.", "invalid_json",
                    "missing_field", "invalid_field", "invalid_base64", "unsupported_image_type", "invalid_image",
                    "image_type_mismatch", "image_too_many_pixels", "unknown_themeId", "unknown_styleKey",
@@ -210,7 +216,7 @@ class GenerateImageHandler(ApiHandler):
             return self.refuse(refusal)
         idempotency = IdempotencyKey(self._client, idempotency_key) if idempotency_key is not None else None
         try:
-            job_id, created = await self.ctx.queue.enqueue(job, idempotency)
+            accepted = await self.ctx.queue.accept(job, idempotency)
         except IdempotencyConflict:  # names no job: the one it made is the key to someone's picture
             await self.ctx.admission.give_back(self._client, token)
             return self.fail(409, "idempotency_key_reused",
@@ -224,11 +230,16 @@ class GenerateImageHandler(ApiHandler):
             if redis_memory.is_out_of_memory(exc):
                 return self.refuse(redis_memory.refusal(self.ctx.queue.memory.refused()))
             raise
-        if not created:
+        job_id = accepted.job_id
+        if not accepted.created:
             await self.ctx.admission.give_back(self._client, token)  # a replay of an accepted job is free
-        if created:
+        if accepted.created:
             log.info("job queued", extra={"job": job_id, "theme": job.theme_id, "style": job.style_key,
                                           "kind": job.kind})
         self.set_header("Location", status_path(job_id))
-        self.answer({"jobId": job_id, "status": "queued", "message": "Job queued successfully",
-                     "statusUrl": status_path(job_id), "websocketSubscription": f"job:{job_id}"}, 202)
+        self.set_header("Cache-Control", "no-store")  # it carries the delete token
+        body = {"jobId": job_id, "status": "queued", "message": "Job queued successfully",
+                "statusUrl": status_path(job_id), "websocketSubscription": f"job:{job_id}"}
+        if accepted.delete_token:
+            body["deleteToken"] = accepted.delete_token
+        self.answer(body, 202)

@@ -22,6 +22,7 @@ const STATUS = { queued: "Waiting for a free worker…", processing: "Working…
 let catalogReady = false;
 let shownImage = null;
 let request = null; // what was asked for: names the picture for screen readers
+let deletable = null; // the job the delete button is for
 
 const generation = createImageGeneration({ onChange: render });
 
@@ -42,8 +43,21 @@ function render(state) {
   }
   $("connection").textContent = CONNECTION[state.connection];
 
+  $("delete-section").hidden = !job?.deleteToken;
+  if (job?.deleteToken && job.jobId !== deletable) {
+    deletable = job.jobId;
+    $("delete-confirm").hidden = true;
+    $("delete").hidden = false;
+    $("delete-result").textContent = "";
+  }
+
   const imageUrl = job?.status === "completed" ? job.result?.imageUrl : null;
   $("result").hidden = !imageUrl;
+  if (!imageUrl && shownImage && !job) { // deleted: the page lets go of the picture too
+    shownImage = null;
+    $("picture").removeAttribute("src");
+    $("download").href = "#";
+  }
   if (imageUrl && imageUrl !== shownImage) {
     shownImage = imageUrl;
     const picture = $("picture");
@@ -110,6 +124,34 @@ form.addEventListener("submit", async (event) => {
   } catch {
     // refused: render() shows the server's sentence
   }
+});
+
+// Deleting asks first, in the page (a real dialog step, not window.confirm), and says what happened.
+$("delete").addEventListener("click", () => {
+  $("delete").hidden = true;
+  $("delete-confirm").hidden = false;
+  $("delete-yes").focus();
+});
+$("delete-no").addEventListener("click", () => {
+  $("delete-confirm").hidden = true;
+  $("delete").hidden = false;
+  $("delete").focus();
+});
+$("delete-yes").addEventListener("click", async () => {
+  const said = $("delete-result");
+  $("delete-yes").disabled = $("delete-no").disabled = true;
+  said.textContent = "Deleting…";
+  try {
+    await generation.deleteJob();
+    said.textContent = "Deleted: your photo and picture are no longer on the server.";
+  } catch (error) {
+    said.textContent = `Not deleted: ${error.message}`;
+    $("delete-confirm").hidden = true;
+    $("delete").hidden = false;
+  } finally {
+    $("delete-yes").disabled = $("delete-no").disabled = false;
+  }
+  said.focus();
 });
 
 render(generation.getState());

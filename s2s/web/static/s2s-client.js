@@ -12,6 +12,7 @@
  *     onCompleted: (result) => console.log("ready:", result.imageUrl),
  *     onFailed: (error) => console.error(error.error) });
  *   const job = await gen.generateImage({ heroName: "Mia", originalImageBase64: file, themeId: "space" });
+ *   await gen.deleteJob();  // the parent removes the photo and the picture from the server
  *
  * @module s2s-client
  */
@@ -30,6 +31,8 @@ const SUBMIT_TRIES = 3; // a POST lost to the network is sent again with the sam
  * @property {{imageUrl: string}} [result]  once completed
  * @property {string} [error]  once failed: a sentence a person can read
  * @property {number} [seq]  the last event applied (rises by one per event of the job)
+ * @property {string} [deleteToken]  the job's key to {@link ImageGeneration#deleteJob}, from the submission's
+ *   answer (the server shows it only there: keep it, e.g. in localStorage, to delete after a reload)
  */
 
 /**
@@ -155,7 +158,8 @@ export class ImageGeneration {
       this.callbacks.onFailed?.(failure);
       throw error;
     }
-    this._set({ currentJob: { jobId: accepted.jobId, status: "queued", progress: 0, message: accepted.message } });
+    this._set({ currentJob: { jobId: accepted.jobId, status: "queued", progress: 0, message: accepted.message,
+      deleteToken: accepted.deleteToken } });
     return this.watchJob(accepted.jobId);
   }
 
@@ -180,6 +184,49 @@ export class ImageGeneration {
     if (!watch) return;
     this._finish(watch);
     this._set({ isGenerating: false });
+  }
+
+  /**
+   * Delete a job on the server: it is stopped if it runs, and its photo, picture and record are removed.
+   * Resolves once nothing of it is kept (also when it was already gone); following it stops.
+   * @param {string} [jobId]  default the current job
+   * @param {string} [deleteToken]  the `deleteToken` its submission answered; default the current job's
+   * @returns {Promise<void>}
+   * @throws {S2SError} when the server refused (`forbidden`: not this job's token) or could not be reached
+   */
+  async deleteJob(jobId = this.state.currentJob?.jobId, deleteToken = jobId === this.state.currentJob?.jobId
+    ? this.state.currentJob?.deleteToken : undefined) {
+    if (!jobId || !deleteToken) throw new S2SError("There is no job to delete, or no delete token for it.", { code: "no_delete_token" });
+    const current = this.state.currentJob?.jobId === jobId;
+    const following = current && this.watch !== null;
+    if (current) this.stop(); // first: the job_cancelled its deletion sends is no failure to report
+    try {
+      await this._delete(`${this.apiUrl}/api/jobs/${encodeURIComponent(jobId)}`, deleteToken);
+    } catch (error) {
+      if (following) this.watchJob(jobId); // nothing was deleted: go on following it
+      throw error;
+    }
+    if (this.state.currentJob?.jobId === jobId) {
+      this._set({ currentJob: null, isGenerating: false, error: null, errorCode: null, connection: "idle" });
+    }
+  }
+
+  async _delete(url, deleteToken) {
+    for (let attempt = 1; ; attempt++) {
+      let response;
+      try {
+        response = await fetch(url, { method: "DELETE", headers: { Authorization: `Bearer ${deleteToken}` } });
+      } catch {
+        if (attempt >= SUBMIT_TRIES) throw new S2SError("The server cannot be reached; check the connection and try again.", { code: "network_error" });
+        await sleep(this._backoff(attempt - 1));
+        continue;
+      }
+      if (response.status === 204) return;
+      const answer = await response.json().catch(() => ({}));
+      if (answer.code === "job_not_found") return; // gone already (an earlier try, or it expired)
+      throw new S2SError(answer.error || `The server answered HTTP ${response.status}.`,
+        { code: answer.code || `http_${response.status}`, status: response.status, details: answer.details });
+    }
   }
 
   // ---- submitting -------------------------------------------------------------------------------
