@@ -25,6 +25,7 @@ from s2s.settings import Settings
 from s2s.timeouts import within
 from s2s.web.access import bearer_token, check_operator, origin_allowed
 from s2s.web.describe import NO_STORE, answer, describe, error, operation
+from s2s.web.upload_gate import UploadGate
 
 log = logging.getLogger("s2s.api")
 
@@ -44,6 +45,7 @@ class AppContext:
     catalog: Catalog
     admission: Admission = field(default=Factory(
         lambda self: Admission(self.queue.redis, self.queue.keys, self.settings), takes_self=True))
+    uploads: UploadGate = field(default=Factory(lambda self: UploadGate(self.settings), takes_self=True))
 
 
 class ApiHandler(tornado.web.RequestHandler):

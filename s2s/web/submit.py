@@ -7,9 +7,9 @@ valid job is queued.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+from functools import partial
 
 import redis.exceptions
 import tornado.web
@@ -106,7 +106,9 @@ def _schemas(settings, catalog) -> dict:
                    "rate_limited", headers=retry_after(required=True)),
         503: error("Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), the job store "
                    "is full (`storage_full`, with `Retry-After`; `S2S_STORE_HIGH_WATER_PERCENT`), or it is down "
-                   "(`redis_unavailable`).", "queue_full", "storage_full", "redis_unavailable",
+                   "(`redis_unavailable`); or this process had no room to read or decode the upload within "
+                   "`S2S_UPLOAD_WAIT_MS` (`server_busy`, with `Retry-After`).", "queue_full", "storage_full",
+                   "redis_unavailable", "server_busy",
                    headers=retry_after(required=False))}))
 @tornado.web.stream_request_body
 class GenerateImageHandler(ApiHandler):
@@ -117,6 +119,8 @@ class GenerateImageHandler(ApiHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
+        self._body_taken = 0
+        self._gone = False
         if self.request.method != "POST":
             return
         self._client = client_key(self.request.remote_ip)
@@ -137,6 +141,32 @@ class GenerateImageHandler(ApiHandler):
         if length and re.fullmatch(r"[0-9]+", length) and int(length) > limit:
             self.fail(413, "request_too_large", f"The request is larger than {limit} bytes.",
                       {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+        if not self._finished:  # the body is read from the socket only once there is room for it
+            await self._reserve_body(int(length) if length and length.isdigit() else limit)
+
+    async def _reserve_body(self, size: int) -> None:
+        """Three times the body from the process's body budget: the bytes, the JSON string, its ASCII copy."""
+        gate = self.ctx.uploads
+        try:
+            self._body_taken = await gate.reserve(gate.bodies, 3 * size)
+        except InputError as exc:
+            self.set_header("Retry-After", str(gate.retry_after_s))
+            return self.fail(exc.status, exc.code, exc.message, exc.details)
+        if self._gone:
+            self._release_body()
+
+    def _release_body(self) -> None:
+        taken, self._body_taken = self._body_taken, 0
+        if taken:
+            self.ctx.uploads.bodies.give_back(taken)
+
+    def on_finish(self) -> None:
+        self._release_body()
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        self._release_body()
+        super().on_connection_close()
 
     def refuse(self, refusal: Refusal) -> None:
         log.info("submit refused", extra={"client": self._client, "code": refusal.code})
@@ -160,15 +190,22 @@ class GenerateImageHandler(ApiHandler):
         if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
             return self.fail(400, "invalid_idempotency_key",
                              "Idempotency-Key must be 1-255 visible ASCII characters.")
-        body = b"".join(self._chunks)
-        self._chunks = []
-        try:
-            data = uploads.parse_body(body)
-            uploads.check_fields(data, self.ctx.catalog)
-            job = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: uploads.build_job(data, self.ctx.catalog, max_bytes=settings.max_image_bytes,
+        chunks, self._chunks = self._chunks, []
+        gate = self.ctx.uploads
+        try:  # off the IOLoop, in the decode processes, within the process's decode budget (s2s/web/upload_gate.py)
+            read, cost = await gate.run(partial(uploads.read_and_cost, chunks, self.ctx.catalog,
+                                                max_bytes=settings.max_image_bytes,
                                                 max_pixels=settings.max_image_pixels))
+            del chunks
+            self._release_body()
+            taken = await gate.reserve(gate.pixels, cost)
+            try:
+                job = await gate.run(partial(uploads.finish_job, read, max_pixels=settings.max_image_pixels))
+            finally:
+                gate.pixels.give_back(taken)
         except InputError as exc:
+            if exc.status == 503:
+                self.set_header("Retry-After", str(gate.retry_after_s))
             return self.fail(exc.status, exc.code, exc.message, exc.details)
         fill = await self.ctx.queue.memory.fill()
         if fill.full:  # past the high-water mark: the room left is for the jobs already running
