@@ -83,6 +83,7 @@ class Sampler:
         self.base = base
         self.peak = 0
         self.peak_all = 0
+        self.cpu_s = 0.0
         self.health_ms: list[float] = []
         self.health_bad = 0
 
@@ -113,6 +114,19 @@ class Sampler:
             await asyncio.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of the API process and its children so far (user + system)."""
+    total = 0.0
+    proc = psutil.Process(pid)
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
@@ -137,10 +151,12 @@ async def measured(api_pid: int, base: str, load) -> tuple[Sampler, dict, list, 
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as health_session:
         watchers = [asyncio.create_task(sampler.rss(stop)), asyncio.create_task(sampler.health(health_session, stop))]
         start = time.perf_counter()
+        cpu_start = cpu_seconds(api_pid)
         try:
             await asyncio.wait_for(load(session, statuses, latencies), PHASE_LIMIT_S)
         finally:
             elapsed = time.perf_counter() - start
+            sampler.cpu_s = cpu_seconds(api_pid) - cpu_start
             stop.set()
             await asyncio.gather(*watchers)
     return sampler, statuses, latencies, elapsed
@@ -187,7 +203,8 @@ def wait_healthy(base: str, proc: subprocess.Popen) -> None:
 def report(title: str, sampler: Sampler, statuses: dict, latencies: list, elapsed: float) -> None:
     n = sum(statuses.values())
     print(f"{title}: {n} submits in {elapsed:.1f} s = {n / elapsed:.1f}/s, answers {dict(sorted(statuses.items()))}, "
-          f"latency p50 {statistics.median(latencies):.0f} ms p99 {pct(latencies, 0.99):.0f} ms; "
+          f"latency p50 {statistics.median(latencies):.0f} ms p99 {pct(latencies, 0.99):.0f} ms, "
+          f"API CPU {1000 * sampler.cpu_s / max(1, n):.0f} ms a submit; "
           f"peak API RSS {sampler.peak / 2**20:.0f} MB "
           f"(PSS with its decode processes {sampler.peak_all / 2**20:.0f} MB); "
           f"health p99 {pct(sampler.health_ms, 0.99):.0f} ms "

@@ -145,10 +145,11 @@ class GenerateImageHandler(ApiHandler):
             await self._reserve_body(int(length) if length and length.isdigit() else limit)
 
     async def _reserve_body(self, size: int) -> None:
-        """Three times the body from the process's body budget: the bytes, the JSON string, its ASCII copy."""
+        """Twice the body from the process's body budget: its chunks, and their copy on the way to a decode
+        process (which parses it; what that costs there is bounded by S2S_MAX_DECODES)."""
         gate = self.ctx.uploads
         try:
-            self._body_taken = await gate.reserve(gate.bodies, 3 * size)
+            self._body_taken = await gate.reserve(gate.bodies, 2 * size)
         except InputError as exc:
             self.set_header("Retry-After", str(gate.retry_after_s))
             return self.fail(exc.status, exc.code, exc.message, exc.details)

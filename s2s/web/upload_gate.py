@@ -1,8 +1,8 @@
 """How much upload work one API process holds at once, whatever arrives.
 
-Two byte budgets and one process pool. A submit reserves three times its ``Content-Length`` from the
-*body* budget before its body is read (the bytes, the JSON string, its ASCII copy; a waiting upload is
-not read from the socket at all, so TCP holds it back), and the decode's working set, read from the
+Two byte budgets and one process pool. A submit reserves twice its ``Content-Length`` from the
+*body* budget before its body is read (its chunks and their copy to a decode process; a waiting upload
+is not read from the socket at all, so TCP holds it back), and the decode's working set, read from the
 image header, from the *decode* budget before any pixel is decoded. JSON, base64 and decoding run in a
 pool of ``S2S_MAX_DECODES`` processes: not on the IOLoop, and not in its threads either, since json,
 base64 and Pillow's JPEG encoder hold the GIL for tens of ms on a 2 MB photo, which stalls every
