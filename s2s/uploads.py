@@ -187,11 +187,16 @@ def decode_cost(data: bytes, max_pixels: int) -> int:
     return width * height * per_pixel + out_w * height * 4 + out_w * out_h * 16
 
 
-def read_and_cost(chunks: list[bytes], catalog: Catalog, *, max_bytes: int,
-                  max_pixels: int) -> tuple[Submission, int]:
-    """:func:`read_submission` and the :func:`decode_cost` of its photo, in one trip to a decode process."""
+def read_and_prepare(chunks: list[bytes], catalog: Catalog, *, max_bytes: int, max_pixels: int,
+                     room: int) -> NewJob | tuple[Submission, int]:
+    """One trip to a decode process for the usual photo: read the body and, when decoding its photo
+    needs at most ``room`` bytes (:func:`decode_cost`), the job; otherwise the submission and that cost,
+    for the caller to find the room and :func:`finish_job` it."""
     submission = read_submission(chunks, catalog, max_bytes=max_bytes)
-    return submission, decode_cost(submission.photo, max_pixels)
+    cost = decode_cost(submission.photo, max_pixels)
+    if cost > room:
+        return submission, cost
+    return finish_job(submission, max_pixels=max_pixels)
 
 
 def finish_job(submission: Submission, *, max_pixels: int) -> NewJob:

@@ -194,16 +194,22 @@ class GenerateImageHandler(ApiHandler):
         chunks, self._chunks = self._chunks, []
         gate = self.ctx.uploads
         try:  # off the IOLoop, in the decode processes, within the process's decode budget (s2s/web/upload_gate.py)
-            read, cost = await gate.run(partial(uploads.read_and_cost, chunks, self.ctx.catalog,
-                                                max_bytes=settings.max_image_bytes,
-                                                max_pixels=settings.max_image_pixels))
+            room = await gate.reserve(gate.pixels, gate.usual_decode)
+            try:
+                job = await gate.run(partial(uploads.read_and_prepare, chunks, self.ctx.catalog,
+                                             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                             room=room))
+            finally:
+                gate.pixels.give_back(room)
             del chunks
             self._release_body()
-            taken = await gate.reserve(gate.pixels, cost)
-            try:
-                job = await gate.run(partial(uploads.finish_job, read, max_pixels=settings.max_image_pixels))
-            finally:
-                gate.pixels.give_back(taken)
+            if isinstance(job, tuple):  # a photo bigger to decode than usual: wait for its room, then decode it
+                read, cost = job
+                taken = await gate.reserve(gate.pixels, cost)
+                try:
+                    job = await gate.run(partial(uploads.finish_job, read, max_pixels=settings.max_image_pixels))
+                finally:
+                    gate.pixels.give_back(taken)
         except InputError as exc:
             if exc.status == 503:
                 self.set_header("Retry-After", str(gate.retry_after_s))

@@ -24,6 +24,9 @@ from s2s.settings import Settings
 from s2s.uploads import InputError
 
 MB = 1024 * 1024
+#: Decode room a submit takes before its header is known, so the usual photo is read and decoded in one
+#: trip to a decode process: a 4000x3000 JPEG (decoded at 1/2 scale, shrunk to 1536 px) needs 49 MB.
+USUAL_DECODE = 64 * MB
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 
@@ -88,6 +91,7 @@ class UploadGate:
         self.bodies = ByteBudget(settings.upload_body_mb * MB)
         self.pixels = ByteBudget(settings.decode_memory_mb * MB)
         self.wait_s = settings.upload_wait_ms / 1000
+        self.usual_decode = min(USUAL_DECODE, self.pixels.total)
 
     async def reserve(self, budget: ByteBudget, nbytes: int) -> int:
         """``budget.take`` or 503 server_busy: the process is at its upload limit for longer than a submit waits."""
