@@ -27,16 +27,19 @@ MB = 1024 * 1024
 #: Decode room a submit takes before its header is known, so the usual photo is read and decoded in one
 #: trip to a decode process: a 4000x3000 JPEG (decoded at 1/2 scale, shrunk to 1536 px) needs 49 MB.
 USUAL_DECODE = 64 * MB
+DECODE_NICENESS = 10
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    """The decode processes, one pool per process (forkserver: no fork of a process with threads)."""
+    """The decode processes, one pool per process (forkserver: no fork of a process with threads). They run
+    at a lower priority (nice 10): on a busy machine the IOLoop's sockets come before decoding."""
     pool = _POOLS.get(workers)
     if pool is None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["s2s.uploads"])
-        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context)
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context, initializer=os.nice,
+                                                     initargs=(DECODE_NICENESS,))
     return pool
 
 
