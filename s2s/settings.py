@@ -210,6 +210,15 @@ class Settings:
                                 "frames one /ws socket may send a second; more get error rate_limited (0: no limit)")
     ws_frame_burst: int = _env("S2S_WS_FRAME_BURST", _int(1), 200,
                                "frames one /ws socket may send at once above that rate (resubscribing its jobs)")
+    max_decodes: int = _env("S2S_MAX_DECODES", _int(0, 256), 0,
+                            "photos one API process decodes at once (0: one per CPU)")
+    upload_body_mb: int = _env("S2S_UPLOAD_BODY_MB", _int(1), 96,
+                               "MB of submit bodies one API process holds at once (each counts twice its size)")
+    decode_memory_mb: int = _env("S2S_DECODE_MEMORY_MB", _int(1), 128,
+                                 "MB of pixels one API process decodes at once (from the header; a bigger photo "
+                                 "decodes alone)")
+    upload_wait_ms: int = _env("S2S_UPLOAD_WAIT_MS", _int(0), 30000,
+                               "longest a submit waits for room to upload or decode before 503 server_busy")
     redis_timeout_ms: int = _env("S2S_REDIS_TIMEOUT_MS", _int(100, 60000), 1000,
                                  "longest wait for Redis to accept a connection or answer a command")
     store_high_water_percent: int = _env(

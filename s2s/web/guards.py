@@ -92,7 +92,7 @@ class _Guarded(httputil.HTTPMessageDelegate):
     """One request's delegate: forged proxy headers out, and a body that must keep its pace."""
 
     __slots__ = ("delegate", "connection", "server", "settings", "received", "checked", "timer", "client",
-                 "refused")
+                 "refused", "done")
 
     def __init__(self, delegate: httputil.HTTPMessageDelegate, connection: httputil.HTTPConnection,
                  server: GuardedHTTPServer) -> None:
@@ -105,6 +105,7 @@ class _Guarded(httputil.HTTPMessageDelegate):
         self.timer = None
         self.client: str | None = None  # behind a proxy, with a cap: the client whose request this is
         self.refused = False
+        self.done = False
 
     def headers_received(self, start_line, headers: httputil.HTTPHeaders):
         for name in FORGEABLE:
@@ -114,9 +115,20 @@ class _Guarded(httputil.HTTPMessageDelegate):
             if self.client is None:
                 return self._refuse()
         has_body = headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in headers
-        if has_body and self.settings.body_min_bytes_per_s:
+        ready = self.delegate.headers_received(start_line, headers)
+        if not (has_body and self.settings.body_min_bytes_per_s):
+            return ready
+        if ready is None:
             self._check_later()
-        return self.delegate.headers_received(start_line, headers)
+            return None
+        return self._pace_once_reading(ready)
+
+    async def _pace_once_reading(self, ready) -> None:
+        """Tornado reads no body until the handler's prepare() is done (it may wait for room to upload,
+        s2s/web/upload_gate.py): the client cannot send meanwhile, so its pace is counted from then."""
+        await ready
+        if not self.done:
+            self._check_later()
 
     def _check_later(self) -> None:
         self.timer = IOLoop.current().call_later(self.settings.body_rate_window_s, self._check_pace)
@@ -151,6 +163,7 @@ class _Guarded(httputil.HTTPMessageDelegate):
         self.connection.finish()
 
     def _done(self) -> None:
+        self.done = True
         self._stop()
         if self.client is not None:
             self.server.release_request(self.client)

@@ -26,6 +26,7 @@ from s2s.storage import BlobStore
 from s2s.timeouts import within
 from s2s.web.access import bearer_token, check_operator, origin_allowed
 from s2s.web.describe import NO_STORE, answer, describe, error, operation
+from s2s.web.upload_gate import UploadGate
 
 log = logging.getLogger("s2s.api")
 
@@ -47,6 +48,7 @@ class AppContext:
         lambda self: Admission(self.queue.redis, self.queue.keys, self.settings), takes_self=True))
     #: where photos and pictures live (S2S_STORAGE_URL): the queue's store, which job records refer to
     blobs: BlobStore = field(default=Factory(lambda self: self.queue.blobs, takes_self=True))
+    uploads: UploadGate = field(default=Factory(lambda self: UploadGate(self.settings), takes_self=True))
 
 
 class ApiHandler(tornado.web.RequestHandler):

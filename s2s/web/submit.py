@@ -7,9 +7,9 @@ valid job is queued.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+from functools import partial
 
 import redis.exceptions
 import tornado.web
@@ -117,7 +117,9 @@ def _schemas(settings, catalog) -> dict:
                    "rate_limited", headers=retry_after(required=True)),
         503: error("Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), the job store "
                    "is full (`storage_full`, with `Retry-After`; `S2S_STORE_HIGH_WATER_PERCENT`), or it is down "
-                   "(`redis_unavailable`).", "queue_full", "storage_full", "redis_unavailable",
+                   "(`redis_unavailable`); or this process had no room to read or decode the upload within "
+                   "`S2S_UPLOAD_WAIT_MS` (`server_busy`, with `Retry-After`).", "queue_full", "storage_full",
+                   "redis_unavailable", "server_busy",
                    headers=retry_after(required=False))}))
 @tornado.web.stream_request_body
 class GenerateImageHandler(ApiHandler):
@@ -128,6 +130,8 @@ class GenerateImageHandler(ApiHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         self._refusal: tuple | None = None  # (status, code, message, details): answered once the body is drained
+        self._body_taken = 0
+        self._gone = False
         if self.request.method != "POST":
             return
         self._client = client_key(self.request.remote_ip)
@@ -153,6 +157,8 @@ class GenerateImageHandler(ApiHandler):
         if length is not None and length > limit:
             self._refuse_before_body(413, "request_too_large", f"The request is larger than {limit} bytes.",
                                      {"maxBytes": limit, "maxImageBytes": self.ctx.settings.max_image_bytes})
+        if not self._finished and self._refusal is None:  # the body is read only once there is room for it
+            await self._reserve_body(length if length is not None else limit)
 
     def _content_length(self) -> int | None:
         length = self.request.headers.get("Content-Length")
@@ -173,6 +179,31 @@ class GenerateImageHandler(ApiHandler):
         if waits or too_big or (not length and not chunked):
             return self.fail(status, code, message, details)
         self._refusal = (status, code, message, details)
+
+    async def _reserve_body(self, size: int) -> None:
+        """Twice the body from the process's body budget: its chunks, and their copy on the way to a decode
+        process (which parses it; what that costs there is bounded by S2S_MAX_DECODES)."""
+        gate = self.ctx.uploads
+        try:
+            self._body_taken = await gate.reserve(gate.bodies, 2 * size)
+        except InputError as exc:
+            self.set_header("Retry-After", str(gate.retry_after_s))
+            return self._refuse_before_body(exc.status, exc.code, exc.message, exc.details)  # read, not kept
+        if self._gone:
+            self._release_body()
+
+    def _release_body(self) -> None:
+        taken, self._body_taken = self._body_taken, 0
+        if taken:
+            self.ctx.uploads.bodies.give_back(taken)
+
+    def on_finish(self) -> None:
+        self._release_body()
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        self._release_body()
+        super().on_connection_close()
 
     def refuse(self, refusal: Refusal) -> None:
         log.info("submit refused", extra={"client": self._client, "code": refusal.code})
@@ -198,15 +229,28 @@ class GenerateImageHandler(ApiHandler):
         if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
             return self.fail(400, "invalid_idempotency_key",
                              "Idempotency-Key must be 1-255 visible ASCII characters.")
-        body = b"".join(self._chunks)
-        self._chunks = []
-        try:
-            data = uploads.parse_body(body)
-            uploads.check_fields(data, self.ctx.catalog)
-            job = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: uploads.build_job(data, self.ctx.catalog, max_bytes=settings.max_image_bytes,
-                                                max_pixels=settings.max_image_pixels))
+        chunks, self._chunks = self._chunks, []
+        gate = self.ctx.uploads
+        try:  # off the IOLoop, in the decode processes, within the process's decode budget (s2s/web/upload_gate.py)
+            room = await gate.reserve(gate.pixels, gate.usual_decode)
+            try:
+                job = await gate.run(partial(uploads.read_and_prepare, chunks, self.ctx.catalog,
+                                             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                             room=room))
+            finally:
+                gate.pixels.give_back(room)
+            del chunks
+            self._release_body()
+            if isinstance(job, tuple):  # a photo bigger to decode than usual: wait for its room, then decode it
+                read, cost = job
+                taken = await gate.reserve(gate.pixels, cost)
+                try:
+                    job = await gate.run(partial(uploads.finish_job, read, max_pixels=settings.max_image_pixels))
+                finally:
+                    gate.pixels.give_back(taken)
         except InputError as exc:
+            if exc.status == 503:
+                self.set_header("Retry-After", str(gate.retry_after_s))
             return self.fail(exc.status, exc.code, exc.message, exc.details)
         fill = await self.ctx.queue.memory.fill()
         if fill.full:  # again: it may have filled while this body was read
