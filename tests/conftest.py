@@ -4,18 +4,16 @@ and factories for API and worker processes that clean up what they start."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 
 import pytest
 import redis
 import tornado.ioloop
 
-from s2s.embedded import EmbeddedRedis, free_port
-from s2s.keys import Keys
+from s2s.embedded import EmbeddedRedis
 from s2s.settings import Settings
 from tests.fakes.s3_server import S3Server
-from tests.helpers import Processes, child_env, http_json, wait_until
+from tests.helpers import Processes, Stack
 
 
 @pytest.fixture
@@ -71,52 +69,6 @@ def processes(tmp_path):
     procs = Processes(tmp_path)
     yield procs
     procs.stop_all()
-
-
-class Stack:
-    """API and worker processes for one test, sharing the test's settings and Redis."""
-
-    def __init__(self, settings: Settings, processes: Processes, redis_client):
-        self.settings = settings
-        self.processes = processes
-        self.redis = redis_client
-        self.keys = Keys(settings.key_prefix)
-
-    def api(self, **env) -> str:
-        """Start ``s2s serve`` on a free port; return its base URL once it answers."""
-        port = free_port()
-        proc = self.processes.start(["serve"], child_env(self.settings, PORT=port, **env), name=f"api-{port}")
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy():
-            assert proc.poll() is None, f"API exited: {proc.log_path.read_text()}"
-            try:
-                return http_json("GET", url + "/api/jobs/health", timeout=1)[0] == 200
-            except OSError:
-                return False
-
-        wait_until(healthy, timeout=20, what="the API to answer")
-        return url
-
-    def worker(self, **env):
-        """Start ``s2s worker``; return the process once it has registered in Redis."""
-        proc = self.processes.start(["worker"], child_env(self.settings, **env))
-
-        def registered():
-            assert proc.poll() is None, f"worker exited: {proc.log_path.read_text()}"
-            return any(f":{proc.pid}:".encode() in w for w in self.redis.zrange(self.keys.workers, 0, -1))
-
-        wait_until(registered, timeout=20, what="the worker to register")
-        return proc
-
-    def worker_id(self, proc) -> str:
-        return next(w.decode() for w in self.redis.zrange(self.keys.workers, 0, -1) if f":{proc.pid}:".encode() in w)
-
-    def job(self, job_id: str) -> dict:
-        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.job(job_id)).items()}
-
-    def events(self, job_id: str) -> list[dict]:
-        return [json.loads(e) for e in self.redis.lrange(self.keys.job_events(job_id), 0, -1)]
 
 
 @pytest.fixture

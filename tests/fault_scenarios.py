@@ -19,11 +19,11 @@ from pathlib import Path
 import redis as redis_lib
 from attrs import define, field
 
-from s2s.embedded import EmbeddedRedis, free_port
+from s2s.embedded import EmbeddedRedis
 from s2s.keys import Keys
 from s2s.settings import Settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.helpers import Processes, child_env, data_url, http_json, photo_bytes, wait_until
+from tests.helpers import Processes, Stack, data_url, http_json, photo_bytes, wait_until
 
 KEYS = Keys("s2s")
 ENDED = ("completed", "failed", "cancelled")
@@ -68,6 +68,7 @@ class Rig:
         self.settings = Settings.from_env({}, dotenv=None, **{
             "redis_url": url, "env": "test", "lease_ms": self.lease_ms, "retry_base_ms": 100, "retry_max_ms": 400,
             "shutdown_grace_ms": 5000, "submit_per_minute": 0, "max_sockets_per_client": 0, **self.extra_settings})
+        self.stack = Stack(self.settings, self.processes, self.redis)
         self.upstream.__enter__()
         # each call: call_s/2 before the answer starts, then two drafts call_s/4 apart (progress mid-call)
         self.upstream.plan(*[Reply(delay=self.call_s / 2)] * 200)
@@ -86,32 +87,12 @@ class Rig:
 
     # ---- processes ------------------------------------------------------------------------
     def api(self, **env) -> str:
-        port = free_port()
-        proc = self.processes.start(["serve"], child_env(self.settings, PORT=port, **env), name=f"api-{port}")
-        url = f"http://127.0.0.1:{port}"
-
-        def answering():
-            assert proc.poll() is None, f"API exited: {proc.log_path.read_text()}"
-            try:
-                return http_json("GET", url + "/api/jobs/health", timeout=1)[0] in (200, 503)
-            except OSError:
-                return False
-
-        wait_until(answering, timeout=30, what="the API to answer")
-        return url
+        return self.stack.api(ready=(200, 503), **env)  # a drill starts APIs while the store is in trouble too
 
     def worker(self, **env):
         env = {"S2S_PROVIDER": "openai", "OPENAI_API_KEY": self.upstream.key, "OPENAI_BASE_URL": self.upstream.base_url,
                "S2S_OPENAI_PARTIAL_IMAGES": 2, "S2S_OPENAI_RPM": 0, **env}
-        proc = self.processes.start(["worker"], child_env(self.settings, **env),
-                                    name=f"worker-{len(self.processes.children)}")
-
-        def registered():
-            assert proc.poll() is None, f"worker exited: {proc.log_path.read_text()}"
-            return any(f":{proc.pid}:".encode() in w for w in self.redis.zrange(KEYS.workers, 0, -1))
-
-        wait_until(registered, timeout=30, what="the worker to register")
-        return proc
+        return self.stack.worker(name=f"worker-{len(self.processes.children)}", **env)
 
     # ---- the fault ------------------------------------------------------------------------
     def freeze_redis(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import inspect
 import io
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
+from s2s.embedded import free_port
+from s2s.keys import Keys
 from s2s.replies import now_ms
 from s2s.settings import Settings
 
@@ -118,3 +121,49 @@ def http_json(method: str, url: str, body: bytes | None = None, headers: dict | 
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+class Stack:
+    """API and worker processes for one test, sharing the test's settings and Redis."""
+
+    def __init__(self, settings: Settings, processes: Processes, redis_client):
+        self.settings = settings
+        self.processes = processes
+        self.redis = redis_client
+        self.keys = Keys(settings.key_prefix)
+
+    def api(self, *, ready: tuple[int, ...] = (200,), **env) -> str:
+        """Start ``s2s serve`` on a free port; return its base URL once health answers one of ``ready``."""
+        port = free_port()
+        proc = self.processes.start(["serve"], child_env(self.settings, PORT=port, **env), name=f"api-{port}")
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy():
+            assert proc.poll() is None, f"API exited: {proc.log_path.read_text()}"
+            try:
+                return http_json("GET", url + "/api/jobs/health", timeout=1)[0] in ready
+            except OSError:
+                return False
+
+        wait_until(healthy, timeout=30, what="the API to answer")
+        return url
+
+    def worker(self, *, name: str | None = None, **env):
+        """Start ``s2s worker``; return the process once it has registered in Redis."""
+        proc = self.processes.start(["worker"], child_env(self.settings, **env), name=name)
+
+        def registered():
+            assert proc.poll() is None, f"worker exited: {proc.log_path.read_text()}"
+            return any(f":{proc.pid}:".encode() in w for w in self.redis.zrange(self.keys.workers, 0, -1))
+
+        wait_until(registered, timeout=30, what="the worker to register")
+        return proc
+
+    def worker_id(self, proc) -> str:
+        return next(w.decode() for w in self.redis.zrange(self.keys.workers, 0, -1) if f":{proc.pid}:".encode() in w)
+
+    def job(self, job_id: str) -> dict:
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.job(job_id)).items()}
+
+    def events(self, job_id: str) -> list[dict]:
+        return [json.loads(e) for e in self.redis.lrange(self.keys.job_events(job_id), 0, -1)]

@@ -112,7 +112,8 @@ def test_sigterm_lets_a_running_job_finish_then_exits(stack):
     url = stack.api()
     worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=1500, S2S_SHUTDOWN_GRACE_MS=10000)
     job_id = submit(url)
-    wait_status(url, job_id, "processing")
+    # its provider call has begun (a job claimed but not yet calling is handed back at once instead)
+    wait_until(lambda: status(url, job_id).get("upstreamCalls", 0) >= 1, what="the provider call to begin")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     assert status(url, job_id)["status"] == "completed"
