@@ -195,6 +195,9 @@ class Settings:
                             "waiting jobs past which new submits are refused with 503 (0: no cap)")
     max_sockets_per_client: int = _env("S2S_MAX_SOCKETS_PER_CLIENT", _int(0), 50,
                                        "WebSockets one client may hold open on one API process (0: no cap)")
+    ws_max_pending_subscribes: int = _env(
+        "S2S_WS_MAX_PENDING_SUBSCRIBES", _int(0), 25000,
+        "subscribes in progress on one API process past which new ones get `overloaded` (0: no cap)")
     redis_timeout_ms: int = _env("S2S_REDIS_TIMEOUT_MS", _int(100, 60000), 1000,
                                  "longest wait for Redis to accept a connection or answer a command")
     store_high_water_percent: int = _env(
