@@ -82,9 +82,9 @@ class Stack:
         self.redis = redis_client
         self.keys = Keys(settings.key_prefix)
 
-    def api(self, **env) -> str:
-        """Start ``s2s serve`` on a free port; return its base URL once it answers."""
-        port = free_port()
+    def api(self, port: int | None = None, **env) -> str:
+        """Start ``s2s serve`` on ``port`` (a free one by default); return its base URL once it answers."""
+        port = port or free_port()
         proc = self.processes.start(["serve"], child_env(self.settings, PORT=port, **env), name=f"api-{port}")
         url = f"http://127.0.0.1:{port}"
 
