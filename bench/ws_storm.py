@@ -257,7 +257,12 @@ def main() -> None:
             clients.tell("follow storm-2 10")
             events.emit("storm-2", range(1, 11), per_s=20)
             api_proc.send_signal(signal.SIGTERM)
-            api_proc.wait(60)
+            try:
+                api_proc.wait(60)
+            except subprocess.TimeoutExpired:
+                print("  (the API had not exited 60 s after TERM; killed it)", flush=True)
+                api_proc.kill()
+                api_proc.wait(30)
             events.emit("storm-2", range(11, 21))  # while no API is up: in the log only
             clients.tell("caught 20")
             started = time.time()
