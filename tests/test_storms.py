@@ -172,3 +172,39 @@ def test_every_socket_reconnecting_at_once_after_an_api_restart_gets_every_event
     expected = list(range(1, total + 1))
     wrong = [tab.seqs for tab in tabs if tab.seqs != expected]
     assert not wrong, f"{len(wrong)} of {STORM} sockets missed or repeated events, e.g. {wrong[0]}"
+
+
+def test_past_its_cap_of_subscribes_in_progress_the_api_says_overloaded_and_serves_everyone_who_waits(
+        stack, redis_client):
+    """``overloaded`` carries a jittered retryAfterMs; a client that waits it out then gets every event once."""
+    url = stack.api(S2S_WS_MAX_PENDING_SUBSCRIBES=5)
+    seed_job(redis_client, "capped", seq=0)
+    total = 10
+    stream(redis_client, "capped", range(1, total + 1), last=total, pause_s=0)
+    count = 300
+
+    async def until_served(tab: Tab, until: float) -> str:
+        while True:
+            await tab.subscribe()
+            end = await tab.read(until)
+            if end != "error":
+                return end
+            await asyncio.sleep(tab.errors[-1]["retryAfterMs"] / 1000)
+
+    async def scenario() -> list[Tab]:
+        until = time.monotonic() + 120
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            tabs = [Tab(session, url, "capped") for _ in range(count)]
+            await open_all(tabs, until)
+            ends = await asyncio.gather(*[until_served(tab, until) for tab in tabs])  # all at once
+            assert Counter(ends) == {"ended": count}
+            await asyncio.gather(*[tab.ws.close() for tab in tabs])
+            return tabs
+
+    tabs = asyncio.run(scenario())
+    told = [e for tab in tabs for e in tab.errors]
+    assert told, "no subscribe was refused: the cap was not reached"
+    assert {e["code"] for e in told} == {"overloaded"}
+    assert all(e["jobId"] == "capped" and e["retryAfterMs"] >= 1000 for e in told), told[:3]
+    assert len({e["retryAfterMs"] for e in told}) > 1, "every client told the same wait: no jitter"
+    assert all(tab.seqs == list(range(1, total + 1)) for tab in tabs)
