@@ -219,6 +219,9 @@ class Settings:
                                  "decodes alone)")
     upload_wait_ms: int = _env("S2S_UPLOAD_WAIT_MS", _int(0), 30000,
                                "longest a submit waits for room to upload or decode before 503 server_busy")
+    ws_max_pending_subscribes: int = _env(
+        "S2S_WS_MAX_PENDING_SUBSCRIBES", _int(0), 25000,
+        "subscribes in progress on one API process past which new ones get `overloaded` (0: no cap)")
     redis_timeout_ms: int = _env("S2S_REDIS_TIMEOUT_MS", _int(100, 60000), 1000,
                                  "longest wait for Redis to accept a connection or answer a command")
     store_high_water_percent: int = _env(

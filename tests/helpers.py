@@ -132,9 +132,10 @@ class Stack:
         self.redis = redis_client
         self.keys = Keys(settings.key_prefix)
 
-    def api(self, *, ready: tuple[int, ...] = (200,), **env) -> str:
-        """Start ``s2s serve`` on a free port; return its base URL once health answers one of ``ready``."""
-        port = free_port()
+    def api(self, port: int | None = None, *, ready: tuple[int, ...] = (200,), **env) -> str:
+        """Start ``s2s serve`` on ``port`` (a free one by default); return its base URL once health answers one
+        of ``ready``."""
+        port = port or free_port()
         proc = self.processes.start(["serve"], child_env(self.settings, PORT=port, **env), name=f"api-{port}")
         url = f"http://127.0.0.1:{port}"
 

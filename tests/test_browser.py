@@ -8,12 +8,14 @@ upgrades as some proxies do. Screenshots of every step are saved under tests/art
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -365,3 +367,45 @@ def test_with_s2s_demo_the_page_comes_with_a_content_security_policy(stack):
     assert status == 200 and headers["Content-Type"] == "text/css; charset=utf-8"
     status, _, body = http_json("POST", url + "/static/demo.js", b"{}")
     assert status == 405 and json.loads(body)["code"] == "method_not_allowed"
+
+
+def test_the_client_backs_off_with_jitter_when_the_server_says_it_is_busy(stack, tab):
+    """A busy server's `overloaded` (retryAfterMs) and close 1013 are waited out, jittered: no tight reconnect loop.
+
+    The demo page runs the module the API serves; its /ws is answered by Playwright: three subscribes get
+    ``overloaded`` with retryAfterMs, the fourth a close 1013 (Try Again Later), the fifth the job's end.
+    """
+    url = stack.api(S2S_DEMO="true")
+    retry_after_ms, try_again_later_ms = 700, 600
+    subscribes: list[float] = []  # when each socket's subscribe arrived, seconds
+
+    def answer(ws) -> None:
+        def on_message(message: str) -> None:
+            frame = json.loads(message)
+            if frame.get("type") != "subscribe_to_job":
+                return
+            subscribes.append(time.monotonic())
+            if len(subscribes) <= 3:
+                ws.send(json.dumps({"type": "error", "code": "overloaded", "error": "The server is busy.",
+                                    "jobId": frame["jobId"], "retryAfterMs": retry_after_ms}))
+            elif len(subscribes) == 4:
+                ws.close(code=1013, reason="Try again later.")
+            else:
+                ws.send(json.dumps({"type": "job_cancelled", "jobId": frame["jobId"], "status": "cancelled",
+                                    "seq": 1}))
+        ws.on_message(on_message)
+
+    tab.page.route_web_socket(re.compile(r"/ws$"), answer)
+    tab.page.goto(url + "/")
+    job = tab.page.evaluate("""async ([url, tryAgainLaterMs]) => {
+        const { createImageGeneration } = await import(url + "/static/s2s-client.js");
+        const gen = createImageGeneration({ baseUrl: url, reconnectBaseMs: 100, tryAgainLaterMs });
+        return await gen.watchJob("busy-job");
+    }""", [url, try_again_later_ms])
+    assert job["status"] == "cancelled"
+    assert len(subscribes) == 5
+    gaps = [b - a for a, b in itertools.pairwise(subscribes)]
+    assert all(gap >= retry_after_ms / 1000 for gap in gaps[:3]), gaps  # each waited at least what it was told
+    assert gaps[3] >= try_again_later_ms / 1000, gaps
+    assert len({round(gap, 3) for gap in gaps[:3]}) > 1, f"the same wait each time: no jitter ({gaps})"
+    tab.assert_no_problems()

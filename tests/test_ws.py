@@ -26,7 +26,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from s2s import events
 from s2s.actors import LiveActors
-from s2s.actors.registry import Forget, JobRegistry, Publish, Resync, Unwatch, Watch
+from s2s.actors.registry import Forget, JobRegistry, Publish, Resync, Unwatch, WatchMany
 from s2s.catalog import Catalog
 from s2s.embedded import EmbeddedRedis, free_port
 from s2s.keys import Keys
@@ -300,7 +300,7 @@ def test_the_registry_routes_each_event_to_exactly_its_watchers():
     registry = JobRegistry.start(loop)
     a, b, c, d = FakeSocket("a"), FakeSocket("b", "http://other"), FakeSocket("c"), FakeSocket("d")
     try:
-        for message in (Watch(a, "j1"), Watch(b, "j1"), Watch(c, "j2"), Watch(d, "j1"),
+        for message in (WatchMany([(a, "j1"), (b, "j1")]), WatchMany([(c, "j2"), (d, "j1")]),
                         Publish([event("j1", 1), event("j2", 1), event("j3", 1), event("j1", 2, "job_completed")])):
             registry.tell(message)
         assert registry.proxy().counts().get(timeout=5) == {"sockets": 4, "jobs": 2, "subscriptions": 4}

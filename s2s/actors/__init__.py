@@ -14,7 +14,7 @@ from attrs import frozen
 from tornado.ioloop import IOLoop
 
 from s2s.actors.pinger import Pinger
-from s2s.actors.registry import JobRegistry
+from s2s.actors.registry import JobRegistry, Progress
 from s2s.actors.subscriber import Subscriber
 from s2s.keys import Keys
 from s2s.settings import Settings
@@ -27,14 +27,16 @@ class LiveActors:
     registry: pykka.ActorRef
     subscriber: pykka.ActorRef
     pinger: pykka.ActorRef
+    progress: Progress  # the registry's, read on the loop to tell it busy from wedged
 
     @classmethod
     def start(cls, settings: Settings, io_loop: IOLoop) -> LiveActors:
         """Start the actors; call on the loop thread with ``IOLoop.current()``."""
-        registry = JobRegistry.start(io_loop)
+        progress = Progress()
+        registry = JobRegistry.start(io_loop, progress)
         pinger = Pinger.start(io_loop, settings.ws_ping_interval_ms / 1000, settings.ws_ping_timeout_ms / 1000)
         subscriber = Subscriber.start(settings, Keys(settings.key_prefix).events_channel, registry)
-        return cls(registry=registry, subscriber=subscriber, pinger=pinger)
+        return cls(registry=registry, subscriber=subscriber, pinger=pinger, progress=progress)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the source of events first, then the rest; blocks, so run it off the loop."""

@@ -40,9 +40,10 @@ class Watcher(Protocol):
 
 
 # ---- messages (all sent with tell) -----------------------------------------------------------
-class Watch(NamedTuple):
-    conn: Watcher
-    job_id: str
+class WatchMany(NamedTuple):
+    """Every subscribe of one IOLoop tick, in one message: a storm of 10,000 is a few messages, not 10,000."""
+
+    pairs: list[tuple[Watcher, str]]
 
 
 class Unwatch(NamedTuple):
@@ -80,27 +81,48 @@ def deliver(deliveries: list[Delivery]) -> None:
             conn.on_event(event.job_id, event.seq, frame)
 
 
+def confirm(pairs: list[tuple[Watcher, str]]) -> None:
+    """On the loop: tell each socket of a WatchMany that its job's events are routed to it now."""
+    for conn, job_id in pairs:
+        conn.on_watching(job_id)
+
+
 def resync(pairs: list[tuple[Watcher, str]]) -> None:
     for conn, job_id in pairs:
         conn.on_resync(job_id)
 
 
+class Progress:
+    """How far the registry got: the loop tells a busy registry (still counting) from a wedged one by it.
+
+    Written by the actor's thread only, read on the loop (int attributes: no lock needed).
+    """
+
+    __slots__ = ("messages", "batches")
+
+    def __init__(self) -> None:
+        self.messages = 0  # messages of any kind handled
+        self.batches = 0  # WatchMany handled: the loop's n-th batch is confirmed once this reaches n
+
+
 class JobRegistry(pykka.ThreadingActor):
     """Job id -> the sockets watching it, by client id."""
 
-    def __init__(self, io_loop: IOLoop):
+    def __init__(self, io_loop: IOLoop, progress: Progress | None = None):
         super().__init__()
         self.io_loop = io_loop
+        self.progress = progress or Progress()
         self.watchers: dict[str, dict[str, Watcher]] = {}
         self.jobs_of: dict[str, set[str]] = {}  # client id -> job ids, to forget a closed socket at once
         self.delivered = Counts()  # events handed to sockets, for /metrics (read on the loop, added to here)
 
     def on_receive(self, message) -> None:
+        self.progress.messages += 1
         try:
             if isinstance(message, Publish):
                 self._publish(message.events)
-            elif isinstance(message, Watch):
-                self._watch(message.conn, message.job_id)
+            elif isinstance(message, WatchMany):
+                self._watch_many(message.pairs)
             elif isinstance(message, Unwatch):
                 self._unwatch(message.conn.client_id, message.job_id)
             elif isinstance(message, Forget):
@@ -124,10 +146,14 @@ class JobRegistry(pykka.ThreadingActor):
             self.delivered.add(EVENTS_DELIVERED_FIELD, handed)
             self.io_loop.add_callback(deliver, deliveries)
 
-    def _watch(self, conn: Watcher, job_id: str) -> None:
-        self.watchers.setdefault(job_id, {})[conn.client_id] = conn
-        self.jobs_of.setdefault(conn.client_id, set()).add(job_id)
-        self.io_loop.add_callback(conn.on_watching, job_id)
+    def _watch_many(self, pairs: list[tuple[Watcher, str]]) -> None:
+        try:
+            for conn, job_id in pairs:
+                self.watchers.setdefault(job_id, {})[conn.client_id] = conn
+                self.jobs_of.setdefault(conn.client_id, set()).add(job_id)
+            self.io_loop.add_callback(confirm, pairs)
+        finally:
+            self.progress.batches += 1
 
     def _unwatch(self, client_id: str, job_id: str) -> None:
         conns = self.watchers.get(job_id)

@@ -9,6 +9,9 @@ On subscribe a socket
    already sent; from then on events go straight out, filtered the same way.
 
 A resync (the events link dropped, events may be lost) runs steps 2-3 again.
+Reads go through :class:`s2s.web.subscribing.SharedReads`: the sockets of one job
+waiting at the same time share one read, each taking the events after its own seq.
+A read is bounded by the Redis client's own timeout (``S2S_REDIS_TIMEOUT_MS``).
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ from typing import Protocol
 import redis.exceptions
 
 from s2s import events
-from s2s.queue import Queue
+from s2s.web.subscribing import SharedReads
 
 log = logging.getLogger("s2s.ws")
 
-REDIS_TIMEOUT_S = 5.0
 CATCH_UP_ATTEMPTS = 4  # then the socket is closed: never go on live with a gap
 
 
@@ -72,20 +74,19 @@ class Catching(Protocol):
         """Catch-up cannot go on: close so that the client resubscribes with lastSeq."""
 
 
-async def first_frames(queue: Queue, job_id: str, last_seq: int | None, base_url: str) -> list[dict] | None:
+async def first_frames(reads: SharedReads, job_id: str, last_seq: int | None, base_url: str) -> list[dict] | None:
     """What a new subscriber missed: the current state, or the kept events after ``last_seq``; None: no job."""
-    job = await queue.get(job_id)
+    job, kept = await reads.job_and_events(job_id, last_seq)
     if job is None:
         return None
     if last_seq is None:
         return [events.state_frame(job, base_url)]
-    kept = await queue.events(job_id, last_seq)
     if job.seq > last_seq and (not kept or kept[0]["seq"] > last_seq + 1):
         return [events.state_frame(job, base_url)]  # the log no longer reaches back: say where it stands
     return kept
 
 
-async def catch_up(socket: Catching, queue: Queue, job_id: str, watch: JobWatch, missed: list[dict]) -> None:
+async def catch_up(socket: Catching, reads: SharedReads, job_id: str, watch: JobWatch, missed: list[dict]) -> None:
     """Send ``missed`` then the buffered live events, each seq once and in order; then go live.
 
     While ``watch.stale``, the job's log is read again from the last seq sent.
@@ -100,7 +101,7 @@ async def catch_up(socket: Catching, queue: Queue, job_id: str, watch: JobWatch,
             break
         watch.stale = False
         try:
-            missed = await asyncio.wait_for(queue.events(job_id, watch.last_seq), REDIS_TIMEOUT_S)
+            _, missed = await reads.job_and_events(job_id, watch.last_seq, with_job=False)
         except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
             failures += 1
             if failures >= CATCH_UP_ATTEMPTS:

@@ -24,11 +24,12 @@ PONG = encode({"type": "pong"})
 class FrameError(Exception):
     """A frame the server cannot act on; answered with an ``error`` frame, the socket stays open."""
 
-    def __init__(self, code: str, sentence: str, job_id: str | None = None):
+    def __init__(self, code: str, sentence: str, job_id: str | None = None, retry_after_ms: int | None = None):
         super().__init__(sentence)
         self.code = code
         self.sentence = sentence
         self.job_id = job_id
+        self.retry_after_ms = retry_after_ms  # "try again after": the client waits at least this long
 
 
 @frozen
@@ -154,4 +155,6 @@ def error_frame(error: FrameError) -> str:
     frame = {"type": "error", "error": error.sentence, "code": error.code}
     if error.job_id:
         frame["jobId"] = error.job_id
+    if error.retry_after_ms is not None:
+        frame["retryAfterMs"] = error.retry_after_ms
     return encode(frame)

@@ -26,15 +26,16 @@ from attrs import Factory, define, field
 from s2s import events
 from s2s.actors import LiveActors
 from s2s.actors.pinger import Track, Untrack
-from s2s.actors.registry import Forget, Unwatch, Watch
+from s2s.actors.registry import Forget, Unwatch
 from s2s.admission import client_key
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import frames, tornado_internals
 from s2s.web.access import bearer_token, check_operator, origin_allowed
-from s2s.web.catch_up import REDIS_TIMEOUT_S, JobWatch, catch_up, first_frames, report_failure
+from s2s.web.catch_up import JobWatch, catch_up, first_frames, report_failure
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
 from s2s.web.stats_feed import StatsFeed
+from s2s.web.subscribing import Overloaded, Stalled, Subscriptions, retry_after_ms
 from s2s.web.tornado_internals import Written
 
 log = logging.getLogger("s2s.ws")
@@ -42,7 +43,7 @@ log = logging.getLogger("s2s.ws")
 HARD_MAX_MESSAGE_BYTES = 1024 * 1024  # Tornado drops a socket over this; up to it we answer frame_too_large
 MAX_JOBS_PER_SOCKET = 100
 MAX_UNSENT_BYTES = 1024 * 1024  # a client this far behind is cut off; it reconnects with lastSeq and catches up
-CONFIRM_TIMEOUT_S = 5.0  # the registry answers in microseconds; this is for a wedged process
+UNAVAILABLE_RETRY_MS = 1000  # the base of the wait asked of a client whose subscribe failed
 
 
 @define
@@ -55,6 +56,9 @@ class WsContext:
     sockets: set = field(factory=set)
     per_client: Counter = field(factory=Counter)  # open sockets by client address (S2S_MAX_SOCKETS_PER_CLIENT)
     stats: StatsFeed = field(default=Factory(lambda self: StatsFeed(self.queue), takes_self=True))
+    subscriptions: Subscriptions = field(default=Factory(lambda self: Subscriptions(
+        self.queue, self.actors.registry, self.actors.progress, self.settings.ws_max_pending_subscribes),
+        takes_self=True))
 
     def close_all(self, reason: str = "The server is restarting; reconnect and resubscribe with lastSeq.") -> None:
         self.stats.stop()
@@ -145,29 +149,36 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         if len(self.jobs) >= MAX_JOBS_PER_SOCKET:
             return self.send(frames.error_frame(FrameError(
                 "too_many_subscriptions", f"A socket may watch at most {MAX_JOBS_PER_SOCKET} jobs at once.", job_id)))
+        subscriptions = self.live.subscriptions
+        try:
+            subscriptions.admit()
+        except Overloaded as exc:
+            return self.send(frames.error_frame(FrameError(
+                "overloaded", "The server is busy; try again after retryAfterMs.", job_id, exc.retry_after_ms)))
         watch = JobWatch(-1 if command.last_seq is None else command.last_seq,
                          asyncio.get_running_loop().create_future())
         self.jobs[job_id] = watch
         try:
-            self._tell(self.live.actors.registry, Watch(self, job_id), required=True)
-            await asyncio.wait_for(watch.confirmed, CONFIRM_TIMEOUT_S)
+            await subscriptions.watch(self, job_id, watch.confirmed)
             watch.confirmed = None
             if self.jobs.get(job_id) is not watch:
                 return  # the socket closed meanwhile
-            first = await asyncio.wait_for(first_frames(self.live.queue, job_id, command.last_seq, self.base_url),
-                                           REDIS_TIMEOUT_S)
-        except (pykka.ActorDeadError, asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            first = await first_frames(subscriptions.reads, job_id, command.last_seq, self.base_url)
+        except (pykka.ActorDeadError, Stalled, asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
             log.warning("subscribe failed", extra={"client": self.client_id, "job": job_id, "error": repr(exc)})
             self.unsubscribe(job_id)
             return self.send(frames.error_frame(FrameError(
-                "unavailable", "Live updates are unavailable right now; try again shortly.", job_id)))
+                "unavailable", "Live updates are unavailable right now; try again shortly.", job_id,
+                retry_after_ms(UNAVAILABLE_RETRY_MS))))
+        finally:
+            subscriptions.done()
         if self.jobs.get(job_id) is not watch:
             return  # the socket closed meanwhile
         if first is None:
             self.unsubscribe(job_id)
             return self.send(frames.error_frame(FrameError(
                 "job_not_found", f"No job {job_id!r} (it may have expired).", job_id)))
-        await catch_up(self, self.live.queue, job_id, watch, first)
+        await catch_up(self, subscriptions.reads, job_id, watch, first)
 
     def subscribe_stats(self, command: SubscribeStats) -> None:
         """Operators only: the token in the frame, or the upgrade's ``Authorization: Bearer``."""
@@ -195,7 +206,8 @@ class JobSocket(tornado.websocket.WebSocketHandler):
     def on_resync(self, job_id: str) -> None:
         watch = self.jobs.get(job_id)
         if watch is not None and watch.resync():
-            asyncio.ensure_future(catch_up(self, self.live.queue, job_id, watch, [])).add_done_callback(report_failure)
+            reads = self.live.subscriptions.reads
+            asyncio.ensure_future(catch_up(self, reads, job_id, watch, [])).add_done_callback(report_failure)
 
     def check_alive(self, now: float, timeout_s: float) -> None:
         if self.closed:
@@ -245,9 +257,8 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         self._tell(self.live.actors.pinger, Untrack(self))
 
     @staticmethod
-    def _tell(ref: pykka.ActorRef, message, required: bool = False) -> None:
+    def _tell(ref: pykka.ActorRef, message) -> None:
         try:
             ref.tell(message)
         except pykka.ActorDeadError:
-            if required:
-                raise  # the server is stopping
+            pass  # the server is stopping

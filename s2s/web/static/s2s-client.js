@@ -3,7 +3,9 @@
  *
  * It submits a photo (POST /api/jobs/generate-image), then follows the job live over /ws.
  * After a dropped socket it reconnects with backoff and resubscribes with `lastSeq`, so it
- * gets exactly the events it missed; where WebSockets cannot be used it polls the job's
+ * gets exactly the events it missed; a server that says it is busy (an error frame with
+ * `retryAfterMs`, or close code 1013 Try Again Later) is left alone at least that long, jittered;
+ * where WebSockets cannot be used it polls the job's
  * status URL instead. The shape is the original service's `useImageGeneration` hook:
  *
  *   import { createImageGeneration } from "https://api.example.com/static/s2s-client.js";
@@ -98,6 +100,7 @@ export class ImageGeneration {
    * @param {number} [options.pollIntervalMs=1500]  status polling period when sockets are unavailable
    * @param {number} [options.reconnectBaseMs=500]  first reconnect delay; doubles per try, jittered
    * @param {number} [options.reconnectMaxMs=10000]  longest reconnect delay
+   * @param {number} [options.tryAgainLaterMs=2000]  least wait after close code 1013 (Try Again Later), jittered
    * @param {number} [options.maxFailedOpens=3]  sockets that never open in a row before polling instead
    * @param {number} [options.heartbeatMs=20000]  ping period; a socket silent for two is dropped
    */
@@ -111,6 +114,7 @@ export class ImageGeneration {
     this.pollIntervalMs = options.pollIntervalMs ?? 1500;
     this.reconnectBaseMs = options.reconnectBaseMs ?? 500;
     this.reconnectMaxMs = options.reconnectMaxMs ?? 10000;
+    this.tryAgainLaterMs = options.tryAgainLaterMs ?? 2000;
     this.maxFailedOpens = options.maxFailedOpens ?? 3;
     this.heartbeatMs = options.heartbeatMs ?? 20000;
     /** @type {State} */
@@ -260,8 +264,7 @@ export class ImageGeneration {
     this._set({ connection: watch.attempts ? "reconnecting" : "connecting" });
     socket.onopen = () => {
       opened = true;
-      watch.attempts = 0;
-      watch.failedOpens = 0;
+      watch.failedOpens = 0; // attempts start over only once the job's frames flow (see _onFrame)
       const frame = { type: "subscribe_to_job", jobId: watch.jobId };
       if (watch.lastSeq >= 0) frame.lastSeq = watch.lastSeq; // the server sends every event after it
       socket.send(JSON.stringify(frame));
@@ -269,7 +272,7 @@ export class ImageGeneration {
       this._set({ connection: "live" });
     };
     socket.onmessage = (event) => this._onFrame(watch, socket, event.data);
-    socket.onclose = () => this._socketGone(watch, socket, opened);
+    socket.onclose = (event) => this._socketGone(watch, socket, opened, event.code === 1013 ? this.tryAgainLaterMs : 0);
   }
 
   _onFrame(watch, socket, data) {
@@ -282,11 +285,13 @@ export class ImageGeneration {
     }
     if (frame.jobId !== watch.jobId) return; // pong, connection_confirmed, other jobs
     if (JOB_FRAMES.has(frame.type)) {
+      watch.attempts = 0; // subscribed: a later drop starts the backoff over
       this._apply(watch, frame);
     } else if (frame.type === "error" && frame.code === "job_not_found") {
       this._apply(watch, { status: "failed", error: frame.error, code: frame.code });
     } else if (frame.type === "error") {
-      this._socketGone(watch, socket, true); // "unavailable" and the like: try again on a new socket
+      // "unavailable", "overloaded" and the like: try again on a new socket, after retryAfterMs if the server said
+      this._socketGone(watch, socket, true, Number(frame.retryAfterMs) || 0);
     }
   }
 
@@ -296,8 +301,12 @@ export class ImageGeneration {
     socket.send('{"type":"ping"}');
   }
 
-  /** The socket closed or was given up: reconnect with backoff, or poll if sockets never open here. */
-  _socketGone(watch, socket, opened) {
+  /**
+   * The socket closed or was given up: reconnect with backoff, or poll if sockets never open here.
+   * `retryAfterMs`: the server asked for at least that long; waited with up to half again of jitter, so that
+   * the clients it turned away together come back spread out.
+   */
+  _socketGone(watch, socket, opened, retryAfterMs = 0) {
     if (watch.socket !== socket) return; // an old socket's late news
     watch.socket = null;
     clearInterval(watch.heartbeat);
@@ -306,7 +315,8 @@ export class ImageGeneration {
     if (watch.ended) return;
     if (!opened && ++watch.failedOpens >= this.maxFailedOpens) return this._poll(watch);
     this._set({ connection: "reconnecting" });
-    watch.timer = setTimeout(() => watch.ended || this._connect(watch), this._backoff(watch.attempts++));
+    const delay = Math.max(this._backoff(watch.attempts++), retryAfterMs * (1 + Math.random() / 2));
+    watch.timer = setTimeout(() => watch.ended || this._connect(watch), delay);
   }
 
   _backoff(attempt) {
