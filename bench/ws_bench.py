@@ -324,12 +324,17 @@ def main() -> None:
         finally:
             if clients is not None:
                 clients.stop()
-            api_proc.terminate()
-            try:
-                api_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                api_proc.kill()
+            stop_api(api_proc)
             embedded.stop()
+
+
+def stop_api(proc: subprocess.Popen) -> None:
+    """TERM (the API drains), then KILL one still there after 30 s: a bench always ends."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from collections import Counter
 import redis as sync_redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ws_bench import KEYS, raise_open_files_limit, wait_healthy  # noqa: E402
+from ws_bench import KEYS, raise_open_files_limit, stop_api, wait_healthy  # noqa: E402
 
 from s2s.embedded import EmbeddedRedis, free_port  # noqa: E402
 
@@ -283,11 +283,7 @@ def main() -> None:
         finally:
             if clients is not None:
                 clients.stop()
-            api_proc.terminate()
-            try:
-                api_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                api_proc.kill()
+            stop_api(api_proc)
             embedded.stop()
 
 

@@ -89,6 +89,14 @@ def stream(redis_client, job_id: str, seqs: range, last: int | None = None, paus
         time.sleep(pause_s)
 
 
+
+def assert_every_event_once(tabs, total: int) -> None:
+    """What each tab shows: no error, and every event of its job from the first, once, in order."""
+    assert [tab.errors for tab in tabs if tab.errors] == [], "some sockets got an error frame"
+    expected = list(range(1, total + 1))
+    wrong = [tab.seqs for tab in tabs if tab.seqs != expected]
+    assert not wrong, f"{len(wrong)} of {STORM} sockets missed or repeated events, e.g. {wrong[0]}"
+
 def test_a_storm_of_subscribers_to_one_job_each_gets_every_event_once(stack, redis_client):
     url = stack.api()
     seed_job(redis_client, "storm", seq=0)
@@ -113,10 +121,7 @@ def test_a_storm_of_subscribers_to_one_job_each_gets_every_event_once(stack, red
             return tabs
 
     tabs = asyncio.run(scenario())
-    assert [tab.errors for tab in tabs if tab.errors] == [], "some sockets got an error frame"
-    expected = list(range(1, total + 1))
-    wrong = [tab.seqs for tab in tabs if tab.seqs != expected]
-    assert not wrong, f"{len(wrong)} of {STORM} sockets missed or repeated events, e.g. {wrong[0]}"
+    assert_every_event_once(tabs, total)
     reads = lrange_calls(redis_client)
     assert 0 < reads <= STORM // 10, f"{reads} reads of the event log for {STORM} sockets: not shared"
 
@@ -168,10 +173,7 @@ def test_every_socket_reconnecting_at_once_after_an_api_restart_gets_every_event
             return tabs
 
     tabs = asyncio.run(scenario())
-    assert [tab.errors for tab in tabs if tab.errors] == [], "some sockets got an error frame"
-    expected = list(range(1, total + 1))
-    wrong = [tab.seqs for tab in tabs if tab.seqs != expected]
-    assert not wrong, f"{len(wrong)} of {STORM} sockets missed or repeated events, e.g. {wrong[0]}"
+    assert_every_event_once(tabs, total)
 
 
 def test_past_its_cap_of_subscribes_in_progress_the_api_says_overloaded_and_serves_everyone_who_waits(
