@@ -115,31 +115,17 @@ async def client_main(url: str, count: int, offset: int, jobs: int, batch: int) 
 
 
 # ---- the driver -----------------------------------------------------------------------------------
-class Clients:
-    def __init__(self, url: str, sockets: int, processes: int, jobs: int, batch: int):
-        share = -(-sockets // processes)
-        self.procs = []
-        for p in range(processes):
-            count = min(share, sockets - p * share)
-            self.procs.append(subprocess.Popen(
-                [sys.executable, __file__, "--client", "--url", url, "--count", str(count),
-                 "--offset", str(p * share), "--jobs", str(jobs), "--batch", str(batch)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+class ClientProcesses:
+    """Client processes driven a line at a time: commands on their stdin, one JSON answer each on stdout."""
 
-    def wait_ready(self) -> int:
-        return sum(json.loads(p.stdout.readline())["ready"] for p in self.procs)
+    def __init__(self, argvs: list[list[str]]):
+        self.procs = [subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True) for argv in argvs]
 
-    def report(self) -> tuple[Counter, Counter, int]:
-        received, latency, still_open = Counter(), Counter(), 0
+    def tell(self, line: str) -> None:
         for p in self.procs:
-            p.stdin.write("report\n")
+            p.stdin.write(line + "\n")
             p.stdin.flush()
-        for p in self.procs:
-            answer = json.loads(p.stdout.readline())
-            received.update({int(k): v for k, v in answer["received"].items()})
-            latency.update({int(k): v for k, v in answer["latency"].items()})
-            still_open += answer["open"]
-        return received, latency, still_open
 
     def stop(self) -> None:
         for p in self.procs:
@@ -153,6 +139,27 @@ class Clients:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+class Clients(ClientProcesses):
+    def __init__(self, url: str, sockets: int, processes: int, jobs: int, batch: int):
+        share = -(-sockets // processes)
+        super().__init__([[__file__, "--client", "--url", url, "--count", str(min(share, sockets - p * share)),
+                           "--offset", str(p * share), "--jobs", str(jobs), "--batch", str(batch)]
+                          for p in range(processes)])
+
+    def wait_ready(self) -> int:
+        return sum(json.loads(p.stdout.readline())["ready"] for p in self.procs)
+
+    def report(self) -> tuple[Counter, Counter, int]:
+        received, latency, still_open = Counter(), Counter(), 0
+        self.tell("report")
+        for p in self.procs:
+            answer = json.loads(p.stdout.readline())
+            received.update({int(k): v for k, v in answer["received"].items()})
+            latency.update({int(k): v for k, v in answer["latency"].items()})
+            still_open += answer["open"]
+        return received, latency, still_open
 
 
 class Publisher:

@@ -36,7 +36,7 @@ from collections import Counter
 import redis as sync_redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ws_bench import KEYS, raise_open_files_limit, stop_api, wait_healthy  # noqa: E402
+from ws_bench import KEYS, ClientProcesses, raise_open_files_limit, stop_api, wait_healthy  # noqa: E402
 
 from s2s.embedded import EmbeddedRedis, free_port  # noqa: E402
 
@@ -148,33 +148,15 @@ async def client_main(url: str, count: int, batch: int) -> None:
 
 
 # ---- the driver -----------------------------------------------------------------------------------
-class Clients:
+class Clients(ClientProcesses):
     def __init__(self, url: str, sockets: int, processes: int, batch: int):
         share = -(-sockets // processes)
-        self.procs = [subprocess.Popen(
-            [sys.executable, __file__, "--client", "--url", url, "--count", str(min(share, sockets - p * share)),
-             "--batch", str(batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            for p in range(processes)]
-
-    def tell(self, line: str) -> None:
-        for p in self.procs:
-            p.stdin.write(line + "\n")
-            p.stdin.flush()
+        super().__init__([[__file__, "--client", "--url", url, "--count", str(min(share, sockets - p * share)),
+                           "--batch", str(batch)] for p in range(processes)])
 
     def ask(self, line: str) -> list[dict]:
         self.tell(line)
         return [json.loads(p.stdout.readline()) for p in self.procs]
-
-    def stop(self) -> None:
-        try:
-            self.tell("quit")
-        except BrokenPipeError:
-            pass
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 class Events:
