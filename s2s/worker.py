@@ -205,7 +205,7 @@ class Worker:
                 lambda f: f.exception() is None and not f.result() and self._stop(claim.job_id, "lost"))
 
         try:
-            photo = await self.queue.load_photo(claim.job_id)
+            photo = await self._settle(claim, lambda: self.queue.load_photo(claim.job_id))  # through an outage
             if timeouts.cancel_requested():  # a cancel swallowed inside redis-py's wait_for (Python < 3.12)
                 raise asyncio.CancelledError
             if photo is None:
@@ -276,11 +276,11 @@ class Worker:
         return image
 
     async def _settle(self, claim: Claim, write):
-        """A write that ends a job's attempt (complete, fail), retried while Redis is unreachable.
+        """A Redis call for a job in hand (its photo, the write that ends it), retried while Redis is unreachable.
 
-        An outage does not throw a made picture away: the lease keeps the job ours meanwhile (the
-        heartbeat renews it once Redis is back); if the reaper took it back first, the fencing token
-        refuses the late write and the job runs again. Bounded at shutdown by the grace period.
+        An outage spends no attempt and throws no made picture away: the lease keeps the job ours (the
+        heartbeat renews it once Redis is back); if the reaper took it back first, the heartbeat stops the
+        job or the fencing token refuses the late write. Bounded at shutdown by the grace period.
         """
         failures = 0
         while True:
@@ -288,7 +288,7 @@ class Worker:
                 return await write()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 failures += 1
-                log.log(logging.WARNING if failures == 1 else logging.DEBUG, "cannot reach Redis to settle a job; "
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG, "cannot reach Redis for a job in hand; "
                         "retrying", extra={"job": claim.job_id, "worker": self.id, "error": str(exc)})
                 await asyncio.sleep(SETTLE_BACKOFF.delay(failures))
 
