@@ -28,6 +28,7 @@ import time
 import aiohttp
 import psutil
 from PIL import Image, ImageFilter
+from ws_bench import wait_healthy  # the same start-up check as the /ws benches
 
 from s2s.embedded import EmbeddedRedis
 from s2s.settings import Settings
@@ -182,22 +183,6 @@ async def throughput(api_pid: int, base: str, body: bytes, submits: int, seconds
                 await post(session, base, body, statuses, latencies)
         await asyncio.gather(*[one_lane() for _ in range(in_flight)])
     return await measured(api_pid, base, load)
-
-
-def wait_healthy(base: str, proc: subprocess.Popen) -> None:
-    import urllib.request
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("s2s serve exited at start")
-        try:
-            with urllib.request.urlopen(f"{base}/api/jobs/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("s2s serve did not become healthy in 30 s")
 
 
 def report(title: str, sampler: Sampler, statuses: dict, latencies: list, elapsed: float) -> None:
