@@ -25,7 +25,8 @@ import redis as sync_redis
 from PIL import Image
 
 from s2s.embedded import EmbeddedRedis
-from s2s.queue import NewJob, Queue
+from s2s.job_requests import NewJob
+from s2s.queue import Queue
 from s2s.settings import Settings
 
 PHASE_LIMIT_S = 180

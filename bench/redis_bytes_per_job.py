@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s2s import uploads  # noqa: E402
 from s2s.embedded import EmbeddedRedis  # noqa: E402
-from s2s.queue import IdempotencyKey, NewJob, Queue  # noqa: E402
+from s2s.job_requests import IdempotencyKey, NewJob  # noqa: E402
+from s2s.queue import Queue  # noqa: E402
 from s2s.settings import Settings  # noqa: E402
 from tests.fakes import s3_server as s3  # noqa: E402
 

@@ -30,7 +30,8 @@ from s2s.replies import text
 from s2s.storage import job_prefix
 
 if TYPE_CHECKING:
-    from s2s.queue import IdempotencyKey, Queue
+    from s2s.job_requests import IdempotencyKey
+    from s2s.queue import Queue
 
 log = logging.getLogger("s2s.deletion")
 

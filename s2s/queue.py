@@ -12,7 +12,6 @@ job lists and the stats snapshot in :mod:`s2s.overview` (``queue.fleet``, ``queu
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import secrets
@@ -20,10 +19,11 @@ import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
-from attrs import frozen
 
 from s2s import connections, deletion, scripts
+from s2s.claims import Claim, ClaimBatch, parse_claims
 from s2s.fleet import WORKER_MEMORY_MS, Fleet
+from s2s.job_requests import IdempotencyConflict, IdempotencyKey, NewJob, new_job_id
 from s2s.keys import Keys
 from s2s.models import Accepted, Job, Stats, image_path
 from s2s.overview import Overview
@@ -41,86 +41,6 @@ REAP_CONFIRM_SLACK_MS = 2000  # see Queue.reap_confirm_ms
 #: than this fails with photo_missing. Photos are put with retention + this, counted from intake, so an ended
 #: job's photo (kept for an operator's retry) is gone at most this long after its record.
 QUEUED_PHOTO_S = 86400
-
-
-class IdempotencyConflict(Exception):
-    """The client used its Idempotency-Key before for a different request.
-
-    It names no job: the client's address may be shared (a household, a carrier's NAT), and a
-    job id is the key to someone's picture.
-    """
-
-
-@frozen
-class IdempotencyKey:
-    """An ``Idempotency-Key`` and the client that sent it (:func:`s2s.admission.client_key`).
-
-    The client is part of it: the same key from two clients names two requests, so no one can
-    reach another's job by guessing or reusing a key.
-    """
-
-    client: str
-    key: str
-
-
-@frozen
-class NewJob:
-    hero_name: str
-    theme_id: str
-    style_key: str
-    kind: str
-    photo: bytes
-    photo_type: str  # image/jpeg, image/png, image/webp
-
-    def fingerprint(self) -> str:
-        """What makes two submissions the same request (for Idempotency-Key)."""
-        h = hashlib.sha256()
-        for part in (self.hero_name, self.theme_id, self.style_key, self.kind, self.photo_type):
-            h.update(part.encode() + b"\0")
-        h.update(self.photo)
-        return h.hexdigest()[:32]
-
-
-@frozen
-class Claim:
-    """A job in a worker's hands, for one attempt."""
-
-    job_id: str
-    fence: str
-    attempt: int
-    max_attempts: int
-    hero_name: str
-    theme_id: str
-    style_key: str
-    kind: str
-    photo_type: str
-
-
-@frozen
-class ClaimBatch:
-    claims: list[Claim]
-    paused: bool
-    next_delayed_ms: int | None  # when the earliest retry becomes due (Redis clock)
-    now_ms: int
-
-
-def _parse_claims(reply: list) -> ClaimBatch:
-    paused, next_due, now = int(reply[0]), int(reply[1]), int(reply[2])
-    claims = []
-    rest = reply[3:]
-    for i in range(0, len(rest), 9):
-        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts = rest[i:i + 9]
-        claims.append(Claim(job_id=text(job_id), fence=text(fence), attempt=int(attempt),
-                            max_attempts=int(max_attempts or 1), hero_name=text(hero or b""),
-                            theme_id=text(theme or b""), style_key=text(style or b""), kind=text(kind or b""),
-                            photo_type=text(photo_type or b"image/png")))
-    return ClaimBatch(claims=claims, paused=bool(paused), next_delayed_ms=None if next_due < 0 else next_due,
-                      now_ms=now)
-
-
-def new_job_id() -> str:
-    """Unguessable, URL-safe: 144 random bits."""
-    return secrets.token_urlsafe(18)
 
 
 class Queue:
@@ -271,7 +191,7 @@ class Queue:
 
     async def claim(self, worker_id: str, count: int) -> ClaimBatch:
         keys, args = self._claim_args(worker_id, count)
-        return _parse_claims(await scripts.call(self.redis, "claim", keys, args))
+        return parse_claims(await scripts.call(self.redis, "claim", keys, args))
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Block until the waiting list is non-empty (or ``timeout`` s pass), taking nothing.
@@ -367,7 +287,7 @@ class Queue:
                 await self.blobs.delete(key)
         except Exception:  # noqa: BLE001 (the job is settled; the blob expires anyway)
             log.warning("could not delete a blob after completing", exc_info=True)
-        return ok, _parse_claims(reply[1:])
+        return ok, parse_claims(reply[1:])
 
     async def fail(self, claim: Claim, error: str, code: str, *, retryable: bool, delay_ms: int,
                    refund: bool = False) -> int:

@@ -20,7 +20,7 @@ from attrs import frozen
 from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 from s2s.catalog import Catalog
-from s2s.queue import NewJob
+from s2s.job_requests import NewJob
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.I)

@@ -10,7 +10,6 @@ calls it has paid for (see :meth:`Worker._finish_running`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -21,14 +20,16 @@ import time
 import redis.exceptions
 
 from s2s import redis_memory, timeouts
+from s2s import worker_chores as chores
 from s2s.backoff import Backoff
 from s2s.catalog import Catalog
+from s2s.claims import Claim
 from s2s.metrics.counters import UPSTREAM_STARTED, WorkerMetrics
 from s2s.metrics.counters import field as metrics_field
 from s2s.metrics.store import ClusterMetrics
 from s2s.providers.base import GeneratedImage, GenerationRequest, Provider, ProviderError, Report, call_begins
 from s2s.providers.health import ProviderHealth
-from s2s.queue import Claim, Queue
+from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.storage import BlobStore
 
@@ -37,7 +38,6 @@ log = logging.getLogger("s2s.worker")
 UNEXPECTED_ERROR = "Something went wrong while making the picture."
 WAIT_FOR_WORK_S = 1.0  # the longest an idle worker blocks on the waiting list (its pool reads allow for it)
 SETTLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)  # s, between tries to reach Redis with a job's last write
-SWEEP_EVERY_S = 60.0  # expired blobs are removed from file/S3 storage this often, by one worker of the cluster
 
 
 class Worker:
@@ -92,8 +92,9 @@ class Worker:
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency,
                                           "provider": self.provider.name})
         await self._heartbeat_once()
-        helpers = [asyncio.ensure_future(self._heartbeat_loop()), asyncio.ensure_future(self._control_loop()),
-                   asyncio.ensure_future(self._sweep_loop())]
+        helpers = [asyncio.ensure_future(self._heartbeat_loop()),
+                   asyncio.ensure_future(chores.follow_commands(self.queue, self.id, self._stop, self._wake)),
+                   asyncio.ensure_future(chores.sweep_blobs(self.queue, self.blobs, self.id))]
         fetcher = asyncio.ensure_future(self._fetch_loop())
         try:
             while not self._draining:
@@ -350,46 +351,11 @@ class Worker:
                 next_beat = 0
                 log.warning("heartbeat failed", extra={"worker": self.id, "error": str(exc)})
 
-    async def _sweep_loop(self) -> None:
-        """Expired photos and pictures off the disk or bucket (Redis storage expires its own: nothing to do)."""
-        if self.blobs.scheme == "redis":
-            return
-        while not timeouts.cancel_requested():
-            try:
-                removed = await self.queue.sweep_blobs(SWEEP_EVERY_S)
-                if removed:
-                    log.info("expired blobs removed", extra={"worker": self.id, "blobs": removed})
-            except Exception as exc:  # noqa: BLE001 (a store or Redis hiccup: the next round tries again)
-                log.warning("blob sweep failed", extra={"worker": self.id, "error": str(exc)})
-            await asyncio.sleep(SWEEP_EVERY_S)
-
     def _note_store(self, fill: redis_memory.Fill) -> None:
         if fill.full != self._store_full:
             log.warning("job store full; claims paused" if fill.full else "job store has room again; claims resume",
                         extra={"worker": self.id, "used_bytes": fill.used, "max_bytes": fill.limit})
         self._store_full = fill.full
-
-    async def _control_loop(self) -> None:
-        """Operator commands over pub/sub: cancel a job we run, wake up on resume."""
-        while not timeouts.cancel_requested():
-            pubsub = self.queue.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.queue.keys.control_channel)
-                async for message in pubsub.listen():
-                    if timeouts.cancel_requested():
-                        return
-                    if message.get("type") != "message":
-                        continue
-                    command = json.loads(message["data"])
-                    if command.get("type") == "cancel":
-                        self._stop(command.get("jobId", ""), "cancelled")
-                    elif command.get("type") == "resume":
-                        self._wake.set()
-            except redis.exceptions.RedisError as exc:
-                log.warning("control channel lost; resubscribing", extra={"worker": self.id, "error": str(exc)})
-                await asyncio.sleep(1.0)
-            finally:
-                await pubsub.aclose()
 
 
 def _quiet(future: asyncio.Future) -> None:

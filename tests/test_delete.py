@@ -16,7 +16,8 @@ import pytest
 
 from s2s import deletion
 from s2s.admission import client_key
-from s2s.queue import IdempotencyKey, NewJob, Queue
+from s2s.job_requests import IdempotencyKey, NewJob
+from s2s.queue import Queue
 from tests.helpers import data_url, http_json, photo_bytes, wait_until, wait_until_async
 from tests.test_job_blobs import blob_names, storage_env
 from tests.test_storage import make_backend

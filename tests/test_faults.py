@@ -16,9 +16,10 @@ import pytest
 
 from s2s import scripts
 from s2s.catalog import Catalog
+from s2s.job_requests import NewJob
 from s2s.keys import Keys
 from s2s.providers.base import GeneratedImage
-from s2s.queue import NewJob, Queue
+from s2s.queue import Queue
 from s2s.worker import UNEXPECTED_ERROR, Worker
 from tests import fault_scenarios as drills
 from tests.fault_scenarios import Rig

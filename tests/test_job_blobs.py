@@ -216,7 +216,8 @@ def test_a_fenced_out_worker_s_picture_neither_replaces_the_finished_one_nor_sta
     """Two completions of one job (a late worker, a repeated write): the record's picture stays, the other goes."""
     import redis.asyncio as aioredis
 
-    from s2s.queue import NewJob, Queue
+    from s2s.job_requests import NewJob
+    from s2s.queue import Queue
 
     async def body():
         q = Queue(aioredis.Redis.from_url(backend.settings.redis_url), backend.settings)

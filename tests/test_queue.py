@@ -9,8 +9,9 @@ import random
 import attrs
 import pytest
 
+from s2s.job_requests import IdempotencyConflict, IdempotencyKey, NewJob
 from s2s.models import JobStatus
-from s2s.queue import MAX_REFUNDS, IdempotencyConflict, IdempotencyKey, NewJob, Queue
+from s2s.queue import MAX_REFUNDS, Queue
 from s2s.replies import now_ms
 from s2s.storage import job_blob
 from tests.helpers import photo_bytes, redis_clock_past, wait_until_async

@@ -16,8 +16,8 @@ import tornado.web
 
 from s2s import redis_memory, uploads
 from s2s.admission import Refusal, client_key
+from s2s.job_requests import IdempotencyConflict, IdempotencyKey
 from s2s.models import JOB_ID_PATTERN, status_path
-from s2s.queue import IdempotencyConflict, IdempotencyKey
 from s2s.uploads import MAX_HERO_NAME, InputError
 from s2s.web.describe import JSON, NO_STORE, answer, describe, error, operation, ref, retry_after
 from s2s.web.handlers import ApiHandler

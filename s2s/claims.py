@@ -1,0 +1,44 @@
+"""A job in a worker's hands: what the claim script hands out, parsed once."""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from s2s.replies import text
+
+
+@frozen
+class Claim:
+    """A job in a worker's hands, for one attempt."""
+
+    job_id: str
+    fence: str
+    attempt: int
+    max_attempts: int
+    hero_name: str
+    theme_id: str
+    style_key: str
+    kind: str
+    photo_type: str
+
+
+@frozen
+class ClaimBatch:
+    claims: list[Claim]
+    paused: bool
+    next_delayed_ms: int | None  # when the earliest retry becomes due (Redis clock)
+    now_ms: int
+
+
+def parse_claims(reply: list) -> ClaimBatch:
+    paused, next_due, now = int(reply[0]), int(reply[1]), int(reply[2])
+    claims = []
+    rest = reply[3:]
+    for i in range(0, len(rest), 9):
+        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts = rest[i:i + 9]
+        claims.append(Claim(job_id=text(job_id), fence=text(fence), attempt=int(attempt),
+                            max_attempts=int(max_attempts or 1), hero_name=text(hero or b""),
+                            theme_id=text(theme or b""), style_key=text(style or b""), kind=text(kind or b""),
+                            photo_type=text(photo_type or b"image/png")))
+    return ClaimBatch(claims=claims, paused=bool(paused), next_delayed_ms=None if next_due < 0 else next_due,
+                      now_ms=now)
