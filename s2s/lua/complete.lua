@@ -27,6 +27,7 @@ redis.call('ZADD', KEYS[4], now, id)  -- trimmed to the retention time by stats 
 redis.call('HINCRBY', KEYS[5], 'completed', 1)
 emit(KEYS[1], KEYS[2], channel, {type = 'job_completed', jobId = id, status = 'completed', progress = 100,
      result = {imageUrl = ARGV[4]}}, ttl, max_events)
+webhook_record(KEYS[1], id, 'job.completed', now, ttl)  -- _webhooks.lua
 retain(KEYS[1], ttl, KEYS[2])
 local out = claim_jobs(claim_keys, claim_args)
 table.insert(out, 1, 1)

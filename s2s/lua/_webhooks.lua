@@ -1,0 +1,33 @@
+-- Webhooks (s2s/webhooks/), shared by the scripts that end a job (prepended by s2s/scripts.py).
+-- A job with a destination (its `webhook` field, set at submit) has its delivery recorded by the
+-- same script that ends it, so no crash between the two can lose it. Names as in s2s/keys.py
+-- (webhook_due, webhook, webhook_log, job_webhooks), built from the job key <prefix>:job:<id>.
+local function webhook_names(job_key, id)
+  local prefix = string.sub(job_key, 1, #job_key - #id - 5)
+  return prefix .. ':webhooks:due', prefix .. ':webhook:', job_key .. ':webhooks'
+end
+
+-- Record the delivery of `event` ('job.completed', ...), due now, kept for the job's retention.
+-- Its id (the webhook-id header) names the job's event: stable across retries and redeliveries.
+local function webhook_record(job_key, id, event, now, ttl_ms)
+  local f = redis.call('HMGET', job_key, 'webhook', 'seq')
+  if not f[1] then return end
+  local due, prefix, list = webhook_names(job_key, id)
+  local msg = 'msg_' .. id .. '_' .. (f[2] or '0')
+  redis.call('HSET', prefix .. msg, 'jobId', id, 'event', event, 'url', f[1], 'at', now, 'state', 'pending',
+             'attempts', 0, 'tries', 0, 'fence', 0, 'expiresAt', now + ttl_ms)
+  redis.call('PEXPIRE', prefix .. msg, ttl_ms)
+  redis.call('ZADD', due, now, msg)
+  redis.call('RPUSH', list, msg)
+  redis.call('PEXPIRE', list, ttl_ms)
+end
+
+-- A deleted job: its deliveries, pending or not, go with it.
+local function webhook_forget(job_key, id)
+  local due, prefix, list = webhook_names(job_key, id)
+  for _, msg in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    redis.call('ZREM', due, msg)
+    redis.call('DEL', prefix .. msg, prefix .. msg .. ':log')
+  end
+  redis.call('DEL', list)
+end
