@@ -270,3 +270,19 @@ def test_the_console_shows_a_jobs_webhook_log_and_redelivers(stack, receiver):
         assert {d.headers["webhook-id"] for d in receiver.deliveries} == {msg}
 
     asyncio.run(scenario())
+
+
+def test_a_destination_is_checked_again_against_the_address_each_delivery_connects_to(stack, receiver):
+    # https to a name, not an address: accepted by its shape; it resolves to loopback when the worker connects
+    # (as a name rebound after the submit's check would), and 'localhost' is not in S2S_WEBHOOK_HOSTS
+    rebound = f"https://localhost:{receiver.port}/hooks"
+    stack = hooks_stack(stack, receiver, webhook_url=rebound, webhook_retry_s=(60.0,))
+    url = api(stack)
+    stack.worker(S2S_PROVIDER="noop")
+    job_id = submit(url)
+    (pending,) = wait_until(lambda: [d for d in deliveries_of(url, job_id) if d["attemptLog"]], timeout=30,
+                            what="the first attempt")
+    (attempt,) = pending["attemptLog"]
+    assert attempt["outcome"] == "retry" and attempt["status"] is None
+    assert "resolves to a loopback, private or link-local address" in attempt["error"], attempt
+    assert receiver.requests == [] and receiver.deliveries == []

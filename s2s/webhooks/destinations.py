@@ -10,6 +10,7 @@ resolved to a public address at submit may point inside by the time of delivery 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -90,7 +91,8 @@ class GuardedResolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:
         found = await self._inner.resolve(host, port, family)
         if host.lower() not in self._allowed and any(not public(r["host"]) for r in found):
-            raise OSError(f"{host} resolves to a loopback, private or link-local address")
+            # errno and text: aiohttp shows the strerror in the ClientConnectorError the attempt's log records
+            raise OSError(errno.EACCES, f"{host} resolves to a loopback, private or link-local address")
         return found
 
     async def close(self) -> None:
