@@ -83,6 +83,7 @@ def test_a_receiver_that_fails_three_times_gets_one_webhook_id_in_four_verified_
     attempts = list(receiver.deliveries)
     bodies = [verified(d) for d in attempts]
     assert len({d.headers["webhook-id"] for d in attempts}) == 1
+    assert job_id not in attempts[0].headers["webhook-id"], "a receiver's logs of webhook-ids hold no job id"
     assert all(body == bodies[0] for body in bodies), "every try sends the same message"
     assert bodies[0]["type"] == "job.completed"
     assert bodies[0]["data"] == status(url, job_id)  # the status answer of the job

@@ -8,12 +8,13 @@ local function webhook_names(job_key, id)
 end
 
 -- Record the delivery of `event` ('job.completed', ...), due now, kept for the job's retention.
--- Its id (the webhook-id header) names the job's event: stable across retries and redeliveries.
+-- Its id (the webhook-id header) is the job's event's: stable across retries and redeliveries.
 local function webhook_record(job_key, id, event, now, ttl_ms)
   local f = redis.call('HMGET', job_key, 'webhook', 'seq')
   if not f[1] then return end
   local due, prefix, list = webhook_names(job_key, id)
-  local msg = 'msg_' .. id .. '_' .. (f[2] or '0')
+  -- a digest, not the id: a receiver's or proxy's logs of webhook-ids hold no key to a job
+  local msg = 'msg_' .. string.sub(redis.sha1hex(id .. '.' .. (f[2] or '0')), 1, 32)
   redis.call('HSET', prefix .. msg, 'jobId', id, 'event', event, 'url', f[1], 'at', now, 'state', 'pending',
              'attempts', 0, 'tries', 0, 'fence', 0, 'expiresAt', now + ttl_ms)
   redis.call('PEXPIRE', prefix .. msg, ttl_ms)

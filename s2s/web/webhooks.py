@@ -36,6 +36,10 @@ SCHEMAS = {
                                        "jobId": {"type": "string"}}}}},
     "JobWebhooks": {"type": "object", "required": ["jobId", "deliveries"], "properties": {
         "jobId": {"type": "string"}, "deliveries": {"type": "array", "items": ref("WebhookDelivery")}}},
+    "WebhookEvent": {"type": "object", "required": ["type", "timestamp", "data"], "properties": {
+        "type": {"enum": ["job.completed", "job.failed", "job.cancelled"]},
+        "timestamp": {"type": "string", "format": "date-time", "description": "When the job ended."},
+        "data": {**ref("Job"), "description": "The job's status answer, as GET /api/jobs/{jobId}/status."}}},
     "Redelivered": {"type": "object", "required": ["jobId", "redelivered"], "properties": {
         "jobId": {"type": "string"}, "redelivered": {**COUNT, "description": "Deliveries scheduled again."}}},
 }
@@ -75,6 +79,33 @@ class RedeliverHandler(ApiHandler):
                                                           "made, or one is still pending).")
         log.info("webhooks redelivered by operator", extra={"job": job_id, "deliveries": count})
         self.answer({"jobId": job_id, "redelivered": count}, 202)
+
+
+def _header(name: str, description: str, pattern: str) -> dict:
+    return {"name": name, "in": "header", "required": True, "description": description,
+            "schema": {"type": "string", "pattern": pattern}}
+
+
+def openapi_webhooks(settings) -> dict:
+    """The document's top-level ``webhooks``: what a receiver gets (Standard Webhooks v1)."""
+    schedule = ", ".join(f"{s:g} s" for s in settings.webhook_retry_s)
+    return {"jobEnded": {"post": {
+        "operationId": "jobEndedWebhook", "tags": ["jobs"],
+        "summary": "A job ended: sent to S2S_WEBHOOK_URL, or the job's own webhookUrl",
+        "description": "Standard Webhooks v1, sent by a worker when the job ends. Verify the signature over the raw "
+                       "body (e.g. with the `standardwebhooks` package) and use `webhook-id` as the idempotency "
+                       f"key: a delivery is tried at once, then after {schedule} (jittered, at least the "
+                       "`Retry-After` of the answer), until a 2xx or the job's retention ends.",
+        "parameters": [
+            _header("webhook-id", "The message's id: the same on every retry and redelivery.", "^msg_"),
+            _header("webhook-timestamp", "The attempt's time, seconds since the epoch.", "^[0-9]+$"),
+            _header("webhook-signature", "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, one per secret of "
+                    "S2S_WEBHOOK_SECRET, space separated.", "^v1,[A-Za-z0-9+/=]+( v1,[A-Za-z0-9+/=]+)*$")],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref("WebhookEvent")}}},
+        "responses": {"2XX": {"description": "Received: the delivery ends."},
+                      "410": {"description": "Gone: nothing more is sent to this URL until an operator redelivers."},
+                      "default": {"description": "Anything else (or no answer within S2S_WEBHOOK_TIMEOUT_S): "
+                                                 "tried again."}}}}}
 
 
 def webhook_routes(ctx) -> list:

@@ -98,12 +98,16 @@ class Deliverer:
             settled = await self.store.settle(item, outcome, status=status, error=error,
                                               delay_ms=int((delay_s or 0) * 1000), body=body)
         except redis.exceptions.RedisError as exc:  # its lease passes and a worker tries again
-            log.warning("webhook outcome not recorded", extra={"webhook": item.msg_id, "error": str(exc)})
+            log.warning("webhook outcome not recorded", extra={"job": item.job_id, "error": str(exc)})
+            return
+        except Exception:  # a bug must not stop the loop: the lease passes and the delivery is tried again
+            log.exception("webhook attempt crashed", extra={"job": item.job_id})
             return
         if settled:
             self.counts.add(field(WEBHOOK_DELIVERIES, outcome=outcome))
-            log.info("webhook attempt", extra={"webhook": item.msg_id, "event": item.event, "outcome": outcome,
-                                               "status": status, "attempt": item.attempts + 1})
+            log.log(logging.DEBUG if outcome == "delivered" else logging.INFO, "webhook attempt",
+                    extra={"job": item.job_id, "event": item.event, "outcome": outcome, "status": status,
+                           "attempt": item.attempts + 1})
 
     async def _attempt(self, session: aiohttp.ClientSession,
                        item: Leased) -> tuple[str, int | None, str, float | None, bytes]:
