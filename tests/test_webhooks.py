@@ -12,11 +12,13 @@ import signal
 from datetime import datetime, timezone
 
 import attrs
+import jsonschema
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from s2s.embedded import free_port
-from s2s.webhooks import signing
+from s2s.settings import Settings, SettingsError
+from s2s.webhooks import schedule, signing
 from tests.api_client import job as status
 from tests.api_client import submit, wait_ended
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
@@ -87,6 +89,11 @@ def test_a_receiver_that_fails_three_times_gets_one_webhook_id_in_four_verified_
     assert all(body == bodies[0] for body in bodies), "every try sends the same message"
     assert bodies[0]["type"] == "job.completed"
     assert bodies[0]["data"] == status(url, job_id)  # the status answer of the job
+    doc = json.loads(http_json("GET", url + "/api/openapi.json")[2])  # the body is the one described
+    jsonschema.Draft202012Validator({"$ref": "#/components/schemas/WebhookEvent",
+                                     "components": doc["components"]}).validate(bodies[0])
+    assert doc["webhooks"]["jobEnded"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/WebhookEvent"}
     assert datetime.fromisoformat(bodies[0]["timestamp"].replace("Z", "+00:00")).tzinfo == timezone.utc
     assert attempts[2].at - attempts[1].at >= 1.0, "Retry-After: 1 was honoured"
     (delivery,) = settled(url, job_id, "delivered")
@@ -287,3 +294,27 @@ def test_a_destination_is_checked_again_against_the_address_each_delivery_connec
     assert attempt["outcome"] == "retry" and attempt["status"] is None
     assert "resolves to a loopback, private or link-local address" in attempt["error"], attempt
     assert receiver.requests == [] and receiver.deliveries == []
+
+
+def test_the_retry_schedule_is_the_specs_jittered_and_waits_out_retry_after():
+    steps = Settings.from_env({}, dotenv=None).webhook_retry_s
+    assert steps == (5, 300, 1800, 7200, 18000, 36000, 36000)  # after the first try, at once: 8 tries in all
+    for tries, step in enumerate(steps, start=1):
+        waits = [schedule.next_delay_s(steps, tries) for _ in range(50)]
+        assert all(step / 2 <= w <= step for w in waits) and len(set(waits)) > 1, (tries, waits)
+    assert schedule.next_delay_s(steps, len(steps) + 1) is None  # the schedule is used up
+    assert schedule.next_delay_s(steps, 1, retry_after_s=120) == 120
+    assert schedule.retry_after("7") == 7 and schedule.retry_after("soon") is None
+    assert schedule.retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480) == 30
+
+
+def test_webhook_settings_are_checked_at_start_up():
+    both = Settings.from_env({"S2S_WEBHOOK_SECRET": f"{SECRET} {OLD_SECRET}",
+                              "S2S_WEBHOOK_HOSTS": "127.0.0.1, Hooks.Local", "S2S_WEBHOOK_RETRY_S": "0.2,1"},
+                             dotenv=None)
+    assert both.webhook_secret == (SECRET, OLD_SECRET) and both.webhook_hosts == ("127.0.0.1", "hooks.local")
+    assert both.webhook_retry_s == (0.2, 1.0) and Settings.from_env(both.environ(), dotenv=None) == both
+    for bad in ({"S2S_WEBHOOK_SECRET": "not-a-whsec"}, {"S2S_WEBHOOK_SECRET": "whsec_c2hvcnQ="},
+                {"S2S_WEBHOOK_RETRY_S": "5,soon"}, {"S2S_WEBHOOK_URL": "hooks.example.com"}):
+        with pytest.raises(SettingsError, match=next(iter(bad))):
+            Settings.from_env(bad, dotenv=None)
