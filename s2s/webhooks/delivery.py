@@ -34,7 +34,11 @@ REDIS_BACKOFF = Backoff(initial=0.5, maximum=5.0)
 
 def tasks(settings: Settings, queue: Queue, counts: Counts) -> list[asyncio.Future]:
     """The worker's delivery loop, when this deployment signs webhooks (none without a secret)."""
-    return [asyncio.ensure_future(Deliverer(settings, queue, counts).run())] if settings.webhook_secret else []
+    if not settings.webhook_secret:
+        if settings.webhook_url or settings.webhook_per_job:
+            log.warning("webhooks are off: S2S_WEBHOOK_SECRET is not set, so nothing is signed or sent")
+        return []
+    return [asyncio.ensure_future(Deliverer(settings, queue, counts).run())]
 
 
 def _describe(exc: BaseException, timeout_s: int) -> str:
