@@ -318,3 +318,22 @@ def test_webhook_settings_are_checked_at_start_up():
                 {"S2S_WEBHOOK_RETRY_S": "5,soon"}, {"S2S_WEBHOOK_URL": "hooks.example.com"}):
         with pytest.raises(SettingsError, match=next(iter(bad))):
             Settings.from_env(bad, dotenv=None)
+
+
+def test_deliveries_are_bounded_per_worker_and_a_silent_receiver_times_out(stack, receiver):
+    stack = hooks_stack(stack, receiver, webhook_concurrency=2, webhook_timeout_s=3)
+    url = api(stack)
+    receiver.plan(Answer(hang=True), *[Answer(delay=1.0)] * 6)  # well within the 3 s timeout
+    jobs = [submit(url) for _ in range(6)]
+    for job_id in jobs:  # no worker yet: six deliveries due at once when the first worker starts
+        code, _, raw = http_json("POST", f"{url}/api/jobs/{job_id}/cancel", b"", {"Authorization": f"Bearer {TOKEN}"})
+        assert code == 200, raw
+    assert stack.redis.zcard(stack.keys.webhook_due) == 6
+    stack.worker(S2S_PROVIDER="noop")
+    for job_id in jobs:
+        settled(url, job_id, "delivered")
+    assert receiver.max_in_flight == 2, "S2S_WEBHOOK_CONCURRENCY bounds one worker's deliveries in flight"
+    timed_out = [a for job_id in jobs for d in deliveries_of(url, job_id) for a in d["attemptLog"]
+                 if a["outcome"] == "retry"]
+    assert [(a["status"], a["error"]) for a in timed_out] == [(None, "no answer within 3 s")]
+    assert len(receiver.deliveries) == 7 and len(receiver.disconnects) == 1  # the silent one was hung up on

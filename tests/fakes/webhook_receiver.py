@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -44,6 +45,8 @@ class WebhookReceiver(FakeUpstream):
         with self._lock:
             self.deliveries.append(Delivery(request.raw_path, dict(request.headers), body, time.monotonic()))
         reply = self.next_reply()
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
         if reply.hang:
             await self.hang()
         return web.Response(status=reply.status, headers=reply.headers)
