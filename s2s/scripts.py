@@ -4,8 +4,8 @@ Every state change of a job is one script, so it is atomic: a job is always in
 exactly one of waiting, processing (leased), delayed, completed, failed or
 cancelled, and stats are exact. The submit limits (admit) and the providers'
 shared rate limits (rate_*) are scripts too; each script is prefixed with
-_lib.lua, the one copy of Redis's clock and of the sliding window, and with
-_webhooks.lua, the recording of a job's webhook by the scripts that end it.
+_webhooks.lua, the recording of a job's webhook by the scripts that end (or
+start) it, and _lib.lua, the one copy of Redis's clock and of the sliding window.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-_LIB = "\n".join(resources.files("s2s.lua").joinpath(f"{lib}.lua").read_text() for lib in ("_lib", "_webhooks"))
+_LIB = "\n".join(resources.files("s2s.lua").joinpath(f"{lib}.lua").read_text() for lib in ("_webhooks", "_lib"))
 NAMES = ("enqueue", "claim", "extend", "progress", "complete", "fail", "release", "reap", "stats", "cancel",
          "retry", "upstream", "admit", "rate_acquire", "rate_renew", "rate_pause", "delete",
          "webhook_claim", "webhook_settle", "webhook_redeliver")

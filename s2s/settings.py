@@ -289,6 +289,8 @@ class Settings:
                                           "webhook hosts allowed on plain http and private or loopback addresses")
     webhook_per_job: bool = _env("S2S_WEBHOOK_PER_JOB", _bool, False,
                                  "accept a per-job webhookUrl in the submit body (instead of S2S_WEBHOOK_URL)")
+    webhook_started: bool = _env("S2S_WEBHOOK_STARTED", _bool, False,
+                                 "also send job.started when a worker begins a job (each attempt)")
     webhook_timeout_s: int = _env("S2S_WEBHOOK_TIMEOUT_S", _int(1, 60), 15, "longest one webhook attempt may take")
     webhook_concurrency: int = _env("S2S_WEBHOOK_CONCURRENCY", _int(1, 100), 8,
                                     "webhook deliveries one worker process makes at once")

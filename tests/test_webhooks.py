@@ -337,3 +337,16 @@ def test_deliveries_are_bounded_per_worker_and_a_silent_receiver_times_out(stack
                  if a["outcome"] == "retry"]
     assert [(a["status"], a["error"]) for a in timed_out] == [(None, "no answer within 3 s")]
     assert len(receiver.deliveries) == 7 and len(receiver.disconnects) == 1  # the silent one was hung up on
+
+
+def test_job_started_is_sent_too_when_the_deployment_asks(stack, receiver):
+    stack = hooks_stack(stack, receiver, webhook_started=True)
+    url = api(stack)
+    stack.worker(S2S_PROVIDER="noop")
+    job_id = submit(url)
+    wait_until(lambda: len(receiver.deliveries) >= 2, timeout=30, what="job.started and job.completed")
+    bodies = {verified(d)["type"]: d for d in receiver.deliveries}
+    assert set(bodies) == {"job.started", "job.completed"} and len(receiver.deliveries) == 2
+    assert bodies["job.started"].headers["webhook-id"] != bodies["job.completed"].headers["webhook-id"]
+    assert all(verified(d)["data"]["jobId"] == job_id for d in receiver.deliveries)
+    assert sorted(d["event"] for d in settled(url, job_id, "delivered")) == ["job.completed", "job.started"]

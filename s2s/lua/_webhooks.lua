@@ -1,4 +1,5 @@
--- Webhooks (s2s/webhooks/), shared by the scripts that end a job (prepended by s2s/scripts.py).
+-- Webhooks (s2s/webhooks/), shared by the scripts that end a job (prepended by s2s/scripts.py, before
+-- _lib.lua, whose claim_jobs calls webhook_started).
 -- A job with a destination (its `webhook` field, set at submit) has its delivery recorded by the
 -- same script that ends it, so no crash between the two can lose it. Names as in s2s/keys.py
 -- (webhook_due, webhook, webhook_log, job_webhooks), built from the job key <prefix>:job:<id>.
@@ -21,6 +22,11 @@ local function webhook_record(job_key, id, event, now, ttl_ms)
   redis.call('ZADD', due, now, msg)
   redis.call('RPUSH', list, msg)
   redis.call('PEXPIRE', list, ttl_ms)
+end
+
+-- A claimed job whose submit asked for job.started too (S2S_WEBHOOK_STARTED): one per attempt.
+local function webhook_started(job_key, id, now, ttl_ms)
+  if redis.call('HGET', job_key, 'webhookStarted') then webhook_record(job_key, id, 'job.started', now, ttl_ms) end
 end
 
 -- A deleted job: its deliveries, pending or not, go with it.

@@ -24,7 +24,7 @@ SCHEMAS = {
     "WebhookDelivery": {"type": "object", "required": ["webhookId", "event", "url", "state", "attempts",
                                                       "createdAtMs", "attemptLog"], "properties": {
         "webhookId": {"type": "string", "description": "The `webhook-id` header: the same on every try."},
-        "event": {"enum": ["job.completed", "job.failed", "job.cancelled"]},
+        "event": {"enum": ["job.started", "job.completed", "job.failed", "job.cancelled"]},
         "url": {"type": "string"},
         "state": {"enum": ["pending", *[o for o in _OUTCOMES if o != "retry"]]},
         "attempts": COUNT,
@@ -37,8 +37,9 @@ SCHEMAS = {
     "JobWebhooks": {"type": "object", "required": ["jobId", "deliveries"], "properties": {
         "jobId": {"type": "string"}, "deliveries": {"type": "array", "items": ref("WebhookDelivery")}}},
     "WebhookEvent": {"type": "object", "required": ["type", "timestamp", "data"], "properties": {
-        "type": {"enum": ["job.completed", "job.failed", "job.cancelled"]},
-        "timestamp": {"type": "string", "format": "date-time", "description": "When the job ended."},
+        "type": {"enum": ["job.completed", "job.failed", "job.cancelled", "job.started"],
+                 "description": "job.started only with S2S_WEBHOOK_STARTED, for each attempt."},
+        "timestamp": {"type": "string", "format": "date-time", "description": "When the job ended (or started)."},
         "data": {**ref("Job"), "description": "The job's status answer, as GET /api/jobs/{jobId}/status."}}},
     "Redelivered": {"type": "object", "required": ["jobId", "redelivered"], "properties": {
         "jobId": {"type": "string"}, "redelivered": {**COUNT, "description": "Deliveries scheduled again."}}},

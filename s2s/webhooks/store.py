@@ -31,7 +31,9 @@ def destination(job_url: str | None, settings: Settings) -> str | None:
 def job_fields(job_url: str | None, settings: Settings) -> list[str]:
     """The job record's fields naming its destination (read by the scripts that end it)."""
     url = destination(job_url, settings)
-    return ["webhook", url] if url else []
+    if not url:
+        return []
+    return ["webhook", url, *(["webhookStarted", "1"] if settings.webhook_started else [])]
 
 
 @frozen
