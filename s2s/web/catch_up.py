@@ -50,7 +50,7 @@ class JobWatch:
             return False
         if seq <= self.last_seq:
             return False
-        self.last_seq = seq
+        self.last_seq, self.told = seq, (None, None)  # a new state: its place, if queued, is told anew
         return True
 
     def resync(self) -> bool:
@@ -107,8 +107,7 @@ async def catch_up(socket: Catching, reads: SharedReads, job_id: str, watch: Job
         for frame in missed:
             if frame["seq"] > watch.last_seq:
                 watch.last_seq = frame["seq"]
-                if "queuePosition" in frame:
-                    watch.told = (frame["queuePosition"], frame["etaSeconds"])
+                watch.told = (frame.get("queuePosition"), frame.get("etaSeconds"))
                 socket.send(events.encode(events.with_base_url(frame, socket.base_url)))
         if not watch.stale or socket.jobs.get(job_id) is not watch:
             break

@@ -6,11 +6,12 @@ that has not ended) reads the places of the watched jobs with one script per tic
 last told moved (:meth:`s2s.line.Place.worth_telling`). A claim in a 5,000-deep queue is
 no event per waiting job: a subscriber hears at most one frame a tick, and only on a change.
 
-These frames are not events: they are not in the job's log and take no new seq. Each is a
-``job_progress`` carrying the seq of the job's latest event and ``queueUpdate: true``, and is
-written only to a socket whose last seq is exactly that (it has every event, nothing newer,
-and is not catching up): it never puts a client behind nor repeats an event. A client that
-drops every frame whose seq it has seen loses only the place, which the status answer has too.
+These frames are not events, so they carry no ``seq``: a place in line is not in the job's
+log, and seq goes on rising by one per event (a client that drops frames by seq never drops
+one of these, and "every seq once" holds for every frame that has a seq). Each is a
+``job_progress`` of the queued job with ``queuePosition`` and ``etaSeconds``, written only to
+a socket whose last seq is that of the job's latest event at the reading (it has every event,
+nothing newer, and is not catching up): it always describes the state the client last heard of.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ class Watching(Protocol):
 
 
 def place_frame(job_id: str, place: Place) -> dict:
-    """The job_progress frame telling a queued job's place (no new seq: see the module's docstring)."""
+    """The job_progress frame telling a queued job's place (no seq: see the module's docstring)."""
     return {"type": "job_progress", "jobId": job_id, "status": "queued", "progress": 0, "message": place.message,
-            "seq": place.seq, **place.fields(), "queueUpdate": True}
+            **place.fields()}
 
 
 class PositionFeed:
@@ -106,11 +107,11 @@ class PositionFeed:
 
     async def _run(self) -> None:
         while self.watched:
+            await asyncio.sleep(self.interval_s)  # first: a catch-up has just told the place
             try:
                 await asyncio.wait_for(self.tick(), REDIS_TIMEOUT_S)
             except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
                 log.warning("cannot read places in line for sockets", extra={"error": repr(exc)})
-            await asyncio.sleep(self.interval_s)
 
     async def tick(self) -> None:
         """Read the watched jobs' places once; write a frame to each socket whose place moved."""
