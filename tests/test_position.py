@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from tornado.ioloop import IOLoop
@@ -82,6 +83,8 @@ def test_a_paused_queue_has_no_estimate_and_a_resumed_one_has(stack):
     first, second = submit(url), submit(url)
     paused = status_of(url, second)
     assert (paused["queuePosition"], paused["etaSeconds"]) == (2, None)
+    listed = json.loads(http_json("GET", url + "/api/jobs?state=waiting", headers=operator)[2])["jobs"]
+    assert [(j["jobId"], j["queuePosition"]) for j in listed] == [(first, 1), (second, 2)]  # the console's rows
     assert http_json("POST", url + "/api/queue/resume", b"", operator)[0] == 200
     resumed = wait_until(lambda: (lambda s: s if s["status"] != "queued" or s["etaSeconds"] else None)(
         status_of(url, second)), timeout=30, what="the estimate once resumed")
