@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from s2s.queue import Queue
 
 CAPACITY_TTL_S = 2.0  # the live workers and their run times are read at most this often per process
-MAX_IDS_PER_READ = 500  # job ids per places script: each read stays short for Redis
+MAX_IDS_PER_READ = 2000  # job ids per places script: each read (one pass over the list at most) stays short
 
 
 @frozen

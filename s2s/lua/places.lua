@@ -24,9 +24,13 @@ end
 if #queued == 0 then return out end
 local length = redis.call('LLEN', KEYS[1])
 local index = nil
-if #queued > 8 then  -- many: one pass over the list; a few: LPOS from the claiming end (RANK -1)
+if #queued > 32 then  -- many: one pass over the list; a few: LPOS from the claiming end (RANK -1)
+  local wanted = {}
+  for _, i in ipairs(queued) do wanted[ARGV[i]] = true end
   index = {}
-  for i, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do index[id] = length - i + 1 end
+  for i, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    if wanted[id] then index[id] = length - i + 1 end
+  end
 end
 for _, i in ipairs(queued) do
   local at = 4 + (i - 2) * 5
