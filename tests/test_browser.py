@@ -200,7 +200,14 @@ def test_a_newcomer_opens_the_printed_url_and_gets_a_storybook_picture(s2s_up, t
     expect(page.get_by_text("Live updates: connected.")).to_be_visible()
     expect(button).to_be_disabled()
     expect(button).to_have_text("Generating… 0%")
+    expect(page.locator("#place")).to_have_text("Next in line")  # paused: a place, but no estimate
     tab.shot("queued")
+    said = page.evaluate("""async () => {
+        const { describePlace } = await import("/static/s2s-client.js");
+        return [[3, 41], [2, null], [11, 200], [22, 88]].map(([queuePosition, etaSeconds]) =>
+          describePlace({ status: "queued", queuePosition, etaSeconds }));
+    }""")
+    assert said == ["3rd in line, about 40 s", "2nd in line", "11th in line, about 3 min", "22nd in line, about 90 s"]
 
     up.operator("POST", "/api/queue/resume")
     picture = page.get_by_alt_text("Storybook cover of Mia")

@@ -151,15 +151,19 @@ class ApiHandler(tornado.web.RequestHandler):
 
 
 @describe("/api/jobs/{jobId}/status", get=operation(
-    "getJobStatus", "jobs", "A job's status, progress and, once completed, where its picture is",
+    "getJobStatus", "jobs", "A job's status, progress, place in line and, once completed, where its picture is",
     {200: answer("Job", "The job.", headers=NO_STORE), 404: "JobNotFound", 503: "RedisUnavailable"}))
 class JobStatusHandler(ApiHandler):
     async def get(self, job_id: str) -> None:
         job = await self.ctx.queue.get(job_id)
         if job is None:
             return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+        body = job.to_json(self.base_url())
+        if job.status is JobStatus.QUEUED:
+            place = await self.ctx.queue.line.place(job_id)
+            body.update(place.fields() if place.queued else {"queuePosition": None, "etaSeconds": None})
         self.set_header("Cache-Control", "no-store")
-        self.answer(job.to_json(self.base_url()))
+        self.answer(body)
 
 
 @describe("/api/jobs/{jobId}/image", get=lambda settings, catalog: operation(

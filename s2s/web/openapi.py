@@ -295,6 +295,13 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                 "error": {"type": "string", "description": "Why it failed: a sentence a person can read."},
                 "errorCode": {"type": "string"},
                 "lastError": {"type": "string", "description": "Why the previous attempt failed (a retry is due)."},
+                "queuePosition": _nullable("integer", minimum=1, description=(
+                    "While queued: the place in line, 1 = starts next; null when not in line (a retry waiting "
+                    "out its backoff, see `retryAt`).")),
+                "etaSeconds": _nullable("integer", minimum=1, description=(
+                    "While queued: about how many seconds until the picture is ready, from the live workers' "
+                    "slots and recent run times; null when it cannot be estimated honestly (no live worker, no "
+                    "run time recorded yet, the queue paused).")),
             },
             "allOf": [
                 {"if": {"properties": {"status": {"const": "completed"}}},
@@ -318,6 +325,8 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                     "imageUrl": {"type": "string", "format": "uri-reference"}}},
                 "error": {"type": "string"},
                 "code": {"type": "string"},
+                "queuePosition": _nullable("integer", minimum=1, description="While queued, as in the status."),
+                "etaSeconds": _nullable("integer", minimum=1, description="While queued, as in the status."),
             },
         },
         "QueueCounts": {"type": "object", "required": list(counts), "properties": counts},

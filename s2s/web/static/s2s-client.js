@@ -33,6 +33,10 @@ const SUBMIT_TRIES = 3; // a POST lost to the network is sent again with the sam
  * @property {{imageUrl: string}} [result]  once completed
  * @property {string} [error]  once failed: a sentence a person can read
  * @property {number} [seq]  the last event applied (rises by one per event of the job)
+ * @property {number|null} [queuePosition]  while queued: the place in line, 1 = starts next (null: not in line,
+ *   a retry waiting out its backoff)
+ * @property {number|null} [etaSeconds]  while queued: about how long until the picture is ready (null: the
+ *   server cannot estimate it honestly, e.g. no worker is running or the queue is paused)
  * @property {string} [deleteToken]  the job's key to {@link ImageGeneration#deleteJob}, from the submission's
  *   answer (the server shows it only there: keep it, e.g. in localStorage, to delete after a reload)
  */
@@ -347,12 +351,15 @@ export class ImageGeneration {
   /** Apply an event or a status snapshot once (by `seq`), and tell the callbacks. */
   _apply(watch, update) {
     if (watch.ended) return;
+    if (typeof update.seq !== "number" || update.seq <= watch.lastSeq) {
+      if ("queuePosition" in update) return this._applyPlace(watch, update);
+    }
     if (typeof update.seq === "number") {
       if (update.seq <= watch.lastSeq) return; // already applied: a catch-up may repeat what polling saw
       watch.lastSeq = update.seq;
     }
     const { type, jobId, ...fields } = update;
-    const job = { ...this.state.currentJob, ...fields, jobId: watch.jobId };
+    const job = placeOnlyIfTold({ ...this.state.currentJob, ...fields, jobId: watch.jobId }, fields);
     if (job.status === "completed") job.progress = 100;
     this._set({ currentJob: job });
     const { onProgress, onCompleted, onFailed } = this.callbacks;
@@ -368,6 +375,20 @@ export class ImageGeneration {
       : { error: job.error || "The picture could not be made.", code: job.code || job.errorCode || "failed", jobId: job.jobId };
     this._set({ isGenerating: false, connection: "idle", error: failure.error, errorCode: failure.code });
     onFailed?.(failure);
+  }
+
+  /**
+   * A queued job's new place in line. It is no event: the server sends it over /ws without a `seq` (right
+   * after the event it belongs to), and polling reads it in status answers whose `seq` was already applied.
+   */
+  _applyPlace(watch, update) {
+    const job = this.state.currentJob;
+    if (watch.ended || !job || job.status !== "queued" || update.status !== "queued") return;
+    if (typeof update.seq === "number" && update.seq !== watch.lastSeq) return; // about an older state
+    if (job.queuePosition === update.queuePosition && job.etaSeconds === update.etaSeconds) return;
+    const placed = { ...job, queuePosition: update.queuePosition ?? null, etaSeconds: update.etaSeconds ?? null };
+    this._set({ currentJob: placed });
+    this.callbacks.onProgress?.(placed);
   }
 
   /** Stop every timer and socket of `watch` and resolve its promise. */
@@ -391,6 +412,31 @@ export class ImageGeneration {
     this.callbacks.onChange?.(this.state);
     for (const listener of this.listeners) listener();
   }
+}
+
+/** A place in line holds only for the state it was told with: an event that does not carry one drops it. */
+function placeOnlyIfTold(job, fields) {
+  if (!("queuePosition" in fields) || job.status !== "queued") {
+    delete job.queuePosition;
+    delete job.etaSeconds;
+  }
+  return job;
+}
+
+/**
+ * Say a queued job's place as a person would: "3rd in line, about 40 s" (or "3rd in line" without an estimate).
+ * @param {Job} job
+ * @returns {string} "" when the job is not queued or has no place in line
+ */
+export function describePlace(job) {
+  const position = job?.status === "queued" ? job.queuePosition : null;
+  if (!position) return "";
+  const tens = position % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[position % 10] || "th");
+  const place = position === 1 ? "Next in line" : `${position}${suffix} in line`;
+  const eta = job.etaSeconds;
+  if (!eta) return place;
+  return `${place}, about ${eta < 90 ? `${Math.max(5, Math.round(eta / 5) * 5)} s` : `${Math.round(eta / 60)} min`}`;
 }
 
 /**
