@@ -110,6 +110,8 @@ def test_last_event_id_is_a_seq_from_the_header_or_else_the_query():
     for bad in ("", "-1", "x", "1.5", "१", "9" * 16):
         with pytest.raises(InvalidLastEventId):
             last_seq_of(bad, None)
+        with pytest.raises(InvalidLastEventId):
+            last_seq_of("7", bad)
 
 
 def test_an_event_is_framed_with_its_seq_and_one_data_line_per_line():

@@ -23,7 +23,6 @@ from typing import Protocol
 import redis.exceptions
 
 from s2s import events
-from s2s.models import Job
 from s2s.web.subscribing import SharedReads
 
 log = logging.getLogger("s2s.ws")
@@ -77,20 +76,14 @@ class Catching(Protocol):
 
 async def first_frames(reads: SharedReads, job_id: str, last_seq: int | None, base_url: str) -> list[dict] | None:
     """What a new subscriber missed: the current state, or the kept events after ``last_seq``; None: no job."""
-    return (await opening(reads, job_id, last_seq, base_url))[1]
-
-
-async def opening(reads: SharedReads, job_id: str, last_seq: int | None, base_url: str
-                  ) -> tuple[Job | None, list[dict] | None]:
-    """:func:`first_frames` with the job they were read with (an SSE stream answers an ended job by it)."""
     job, kept = await reads.job_and_events(job_id, last_seq)
     if job is None:
-        return None, None
+        return None
     if last_seq is None:
-        return job, [events.state_frame(job, base_url)]
+        return [events.state_frame(job, base_url)]
     if job.seq > last_seq and (not kept or kept[0]["seq"] > last_seq + 1):
-        return job, [events.state_frame(job, base_url)]  # the log no longer reaches back: say where it stands
-    return job, kept
+        return [events.state_frame(job, base_url)]  # the log no longer reaches back: say where it stands
+    return kept
 
 
 async def catch_up(socket: Catching, reads: SharedReads, job_id: str, watch: JobWatch, missed: list[dict]) -> None:

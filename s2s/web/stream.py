@@ -26,7 +26,7 @@ from s2s import events
 from s2s.actors.pinger import Track, Untrack
 from s2s.actors.registry import Forget
 from s2s.admission import client_key
-from s2s.web.catch_up import JobWatch, catch_up, opening, report_failure
+from s2s.web.catch_up import JobWatch, catch_up, first_frames, report_failure
 from s2s.web.describe import describe, error, operation, ref, retry_after
 from s2s.web.handlers import ApiHandler, AppContext
 from s2s.web.subscribing import Overloaded, Stalled, retry_after_ms
@@ -55,9 +55,11 @@ class InvalidLastEventId(ValueError):
 
 def last_seq_of(header: str | None, query: str | None) -> int | None:
     """The seq the client saw last: the ``Last-Event-ID`` header (a browser's reconnect), else ``lastEventId``."""
-    given = header if header is not None else query
-    if given is None:
-        return None
+    seqs = [_seq(given) for given in (header, query) if given is not None]  # a bad one is refused, either
+    return seqs[0] if seqs else None
+
+
+def _seq(given: str) -> int:
     if not (given.isascii() and given.isdigit() and len(given) <= MAX_SEQ_DIGITS):
         raise InvalidLastEventId(given)
     return int(given)
@@ -147,7 +149,8 @@ class JobStreamHandler(ApiHandler):
             watch.confirmed = None
             if self.closed:
                 return
-            job, first = await opening(subscriptions.reads, job_id, last_seq, self.base_url)
+            first = await first_frames(subscriptions.reads, job_id, last_seq, self.base_url)
+            ended = first == [] and await self._ended(job_id)  # a reconnect that missed nothing: is that all?
         except (pykka.ActorDeadError, Stalled, asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
             log.warning("stream subscribe failed", extra={"client": self.client_id, "job": job_id, "error": repr(exc)})
             self._forget()
@@ -157,10 +160,10 @@ class JobStreamHandler(ApiHandler):
             subscriptions.done()
         if self.closed:
             return
-        if job is None:
+        if first is None:
             self._forget()
             return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
-        if job.status.ended and not first:
+        if ended:
             self._forget()  # its last event was seen: 204 is what stops an EventSource from reconnecting
             self.clear_header("Content-Type")
             self.set_status(204)
@@ -175,6 +178,10 @@ class JobStreamHandler(ApiHandler):
             await asyncio.wait_for(asyncio.shield(self.over), self.ctx.settings.stream_max_s)
         except asyncio.TimeoutError:
             self._forget()  # long enough on this process: the browser reconnects, maybe to another, and resumes
+
+    async def _ended(self, job_id: str) -> bool:
+        job, _ = await self.live.subscriptions.reads.job_and_events(job_id, None)
+        return job is None or job.status.ended
 
     # ---- called on the loop by the actors and catch-up ---------------------------------------
     def on_watching(self, job_id: str) -> None:
