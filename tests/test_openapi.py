@@ -306,6 +306,10 @@ def test_jobs_in_every_state_are_answered_as_described(stack):
     assert call(retries, "GET", "/api/jobs/{jobId}/image", 404, path_parameters={"jobId": cancelled})["code"] \
         == "image_not_found"
     assert job(retries, cancelled)["status"] == "cancelled"
+    stream = "/api/jobs/{jobId}/stream"  # an ended job's stream: its last event, then the end
+    assert b'"type":"job_cancelled"' in call(retries, "GET", stream, 200, path_parameters={"jobId": cancelled})
+    assert call(retries, "GET", stream, 204, path_parameters={"jobId": cancelled},
+                headers={"Last-Event-ID": str(job(retries, cancelled)["seq"])}) == b""
 
     stack.worker(S2S_PROVIDER="noop", S2S_NOOP_FAIL_ATTEMPTS=1, S2S_NOOP_DELAY_MS=1000, S2S_RETRY_BASE_MS=2000,
                  S2S_RETRY_MAX_MS=2000)

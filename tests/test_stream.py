@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -17,9 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from s2s import events
+from s2s.actors.registry import JobRegistry, Publish, WatchMany
 from s2s.web.stream import InvalidLastEventId, last_seq_of
 from tests.helpers import http_json, wait_until
-from tests.test_ws import ORIGIN, emit, seed_job, submit
+from tests.test_ws import ORIGIN, FakeLoop, FakeSocket, emit, event, seed_job, submit, unwire
 
 END = object()  # what SseStream.next answers once the server ended the stream
 
@@ -120,6 +122,28 @@ def test_an_event_is_framed_with_its_seq_and_one_data_line_per_line():
     assert frame.ends and frame.data == (b'id: 9\ndata: {"type":"job_completed","jobId":"j","seq":9,'
                                          b'"result":{"imageUrl":"http://api/x"}}\n\n')
     assert events.sse('{\n"a": 1}', 3, False) == events.StreamFrame(b'id: 3\ndata: {\ndata: "a": 1}\n\n', False)
+
+
+class FakeStream(FakeSocket):
+    framing = staticmethod(events.stream_frame)
+
+
+def test_the_registry_frames_an_event_once_per_kind_of_watcher_and_base_url():
+    loop = FakeLoop()
+    registry = JobRegistry.start(loop)
+    socket_a, socket_b, stream_a, stream_b = FakeSocket("a"), FakeSocket("b"), FakeStream("c"), FakeStream("d")
+    try:
+        registry.tell(WatchMany([(w, "j1") for w in (socket_a, stream_a, socket_b, stream_b)]))
+        registry.tell(Publish([event("j1", 1), event("j1", 2, "job_completed")]))
+        assert registry.proxy().counts().get(timeout=5)["subscriptions"] == 4
+        loop.run()
+        assert socket_a.got[1][2] is socket_b.got[1][2] and stream_a.got[1][2] is stream_b.got[1][2]
+        assert json.loads(unwire(socket_a.got[1][2])[1])["result"]["imageUrl"] == "http://api/api/jobs/j1/image"
+        first, last = stream_a.got[0][2], stream_a.got[1][2]
+        assert not first.ends and last.ends and last.data.startswith(b"id: 2\ndata: ")
+        assert json.loads(last.data.split(b"data: ", 1)[1]) == json.loads(unwire(socket_a.got[1][2])[1])
+    finally:
+        registry.stop()
 
 
 # ---- end to end ----------------------------------------------------------------------------------
@@ -315,3 +339,27 @@ def test_a_stream_ends_after_s2s_stream_max_seconds_and_resumes_where_it_was(sta
     again = SseStream(url, "long", last_event_id=1)
     assert again.next()["id"] == 2
     again.close()
+
+
+def test_an_api_shutting_down_ends_its_streams_cleanly_and_they_resume_on_another(stack, redis_client):
+    leaving, staying = stack.api(), stack.api()
+    leaving_proc = stack.processes.children[-2]
+    seed_job(redis_client, "moving", seq=1)
+    port = int(leaving.rsplit(":", 1)[1])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)  # raw: to see how the answer ends
+    raw.sendall(b"GET /api/jobs/moving/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    received = b""
+    while b"id: 1\n" not in received:
+        received += raw.recv(65536)
+    leaving_proc.send_signal(signal.SIGTERM)  # a deploy
+    try:
+        while chunk := raw.recv(65536):
+            received += chunk
+    finally:
+        raw.close()
+    assert received.endswith(b"\r\n0\r\n\r\n"), "the answer ended whole, not cut when the drain ran out"
+    emit(redis_client, "moving", 2)
+    again = SseStream(staying, "moving", last_event_id=1)
+    assert again.next()["id"] == 2
+    again.close()
+    assert leaving_proc.wait(10) == 0
