@@ -21,6 +21,7 @@ from s2s import events
 from s2s.actors.registry import JobRegistry, Publish, WatchMany
 from s2s.web.stream import InvalidLastEventId, last_seq_of
 from tests.helpers import http_json, wait_until
+from tests.test_metrics import scrape
 from tests.test_ws import ORIGIN, FakeLoop, FakeSocket, emit, event, seed_job, submit, unwire
 
 END = object()  # what SseStream.next answers once the server ended the stream
@@ -363,3 +364,18 @@ def test_an_api_shutting_down_ends_its_streams_cleanly_and_they_resume_on_anothe
     assert again.next()["id"] == 2
     again.close()
     assert leaving_proc.wait(10) == 0
+
+
+def test_open_streams_show_in_every_apis_metrics(stack, redis_client):
+    url_a, url_b = stack.api(), stack.api()
+    seed_job(redis_client, "counted", seq=1)
+    assert scrape(url_b)("s2s_event_streams_active") == 0
+    streams = [SseStream(url_a, "counted") for _ in range(3)]
+    assert [s.next()["id"] for s in streams] == [1, 1, 1]
+    wait_until(lambda: scrape(url_b)("s2s_event_streams_active") == 3, timeout=15, what="the streams to be counted")
+    assert scrape(url_b)("s2s_websockets_active") == 0  # streams are not sockets
+    emit(redis_client, "counted", 2, last=True)
+    for stream in streams:
+        assert [e["id"] for e in stream.rest()] == [2]
+        stream.close()
+    wait_until(lambda: scrape(url_b)("s2s_event_streams_active") == 0, timeout=15, what="the ended streams to go")
