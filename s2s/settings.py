@@ -222,6 +222,10 @@ class Settings:
     ws_max_pending_subscribes: int = _env(
         "S2S_WS_MAX_PENDING_SUBSCRIBES", _int(0), 25000,
         "subscribes in progress on one API process past which new ones get `overloaded` (0: no cap)")
+    stream_max_s: int = _env(
+        "S2S_STREAM_MAX_SECONDS", _int(1, 86400), 600,
+        "longest one GET /stream answer lasts; its browser then reconnects with Last-Event-ID (spreads streams "
+        "over API processes after a deploy)")
     redis_timeout_ms: int = _env("S2S_REDIS_TIMEOUT_MS", _int(100, 60000), 1000,
                                  "longest wait for Redis to accept a connection or answer a command")
     store_high_water_percent: int = _env(

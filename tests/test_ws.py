@@ -272,6 +272,8 @@ class FakeLoop:
 
 
 class FakeSocket:
+    framing = staticmethod(events.websocket_frame)
+
     def __init__(self, client_id: str, base_url: str = "http://api"):
         self.client_id = client_id
         self.base_url = base_url

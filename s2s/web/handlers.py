@@ -32,6 +32,7 @@ log = logging.getLogger("s2s.api")
 
 JOB_ID = rf"(?P<job_id>{JOB_ID_PATTERN})"  # a route segment; the handler gets it as job_id
 HEALTH_PROBE_S = 0.8  # health answers within a second, Redis or not: the probe gets this, the answer the rest
+PREFLIGHT_HEADERS = "Content-Type, Idempotency-Key, Authorization, Last-Event-ID"  # what a browser may send
 _STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                  429: "rate_limited", 500: "internal_error", 503: "unavailable"}
@@ -79,7 +80,7 @@ class ApiHandler(tornado.web.RequestHandler):
     def options(self, *args, **kwargs) -> None:
         """CORS preflight: which methods and headers a browser may use here."""
         self.set_header("Access-Control-Allow-Methods", self._allowed_methods())
-        self.set_header("Access-Control-Allow-Headers", "Content-Type, Idempotency-Key, Authorization")
+        self.set_header("Access-Control-Allow-Headers", PREFLIGHT_HEADERS)
         self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
         self.clear_header("Content-Type")

@@ -38,6 +38,10 @@ class Watching(Protocol):
     closed: bool
     jobs: dict[str, JobWatch]
 
+    @staticmethod
+    def place_framing(text: str) -> bytes:
+        """How this kind of watcher frames a place (events.wire for /ws, events.sse_data for a stream)."""
+
     def write_frame(self, frame: bytes) -> None: ...
 
 
@@ -130,14 +134,16 @@ class PositionFeed:
                 self._tell(job_id, place)
 
     def _tell(self, job_id: str, place: Place) -> None:
-        frame = None
+        text, frames = None, {}  # framed once per kind of watcher
         for socket in list(self.watched.get(job_id, ())):
             watch = socket.jobs.get(job_id)
             if (watch is None or watch.buffer is not None or watch.last_seq != place.seq
                     or not place.worth_telling(watch.told)):
                 continue
+            text = text or events.encode(place_frame(job_id, place))
+            frame = frames.get(socket.place_framing)
             if frame is None:
-                frame = events.wire(events.encode(place_frame(job_id, place)))
+                frame = frames[socket.place_framing] = socket.place_framing(text)
             watch.told = (place.position, place.eta_s)
             socket.write_frame(frame)
             self.frames_sent += 1

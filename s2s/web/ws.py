@@ -55,6 +55,7 @@ class WsContext:
     queue: Queue
     actors: LiveActors
     sockets: set = field(factory=set)
+    streams: set = field(factory=set)  # the open SSE streams (s2s.web.stream)
     per_client: Counter = field(factory=Counter)  # open sockets by client address (S2S_MAX_SOCKETS_PER_CLIENT)
     stats: StatsFeed = field(default=Factory(lambda self: StatsFeed(self.queue), takes_self=True))
     positions: PositionFeed = field(default=Factory(lambda self: PositionFeed(self.queue.line), takes_self=True))
@@ -67,9 +68,14 @@ class WsContext:
         self.positions.stop()
         for socket in list(self.sockets):
             socket.close(1001, reason)
+        for stream in list(self.streams):
+            stream.interrupted()  # the browser reconnects (elsewhere) with Last-Event-ID
 
 
 class JobSocket(tornado.websocket.WebSocketHandler):
+    framing = staticmethod(events.websocket_frame)  # how the registry frames this socket's events
+    place_framing = staticmethod(events.wire)  # and the place-in-line feed its places
+
     def initialize(self, live: WsContext) -> None:
         self.live = live
         self.client_id = ""

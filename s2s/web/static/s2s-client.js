@@ -5,8 +5,9 @@
  * After a dropped socket it reconnects with backoff and resubscribes with `lastSeq`, so it
  * gets exactly the events it missed; a server that says it is busy (an error frame with
  * `retryAfterMs`, or close code 1013 Try Again Later) is left alone at least that long, jittered;
- * where WebSockets cannot be used it polls the job's
- * status URL instead. The shape is the original service's `useImageGeneration` hook:
+ * where WebSockets cannot be used (a proxy refuses the upgrade) it follows the job's Server-Sent
+ * Events (GET /api/jobs/<id>/stream, resumed after the last `seq` seen), and where those fail too
+ * it polls the job's status URL instead. The shape is the original service's `useImageGeneration` hook:
  *
  *   import { createImageGeneration } from "https://api.example.com/static/s2s-client.js";
  *   const gen = createImageGeneration({ baseUrl: "https://api.example.com",
@@ -100,12 +101,14 @@ export class ImageGeneration {
    * @param {(error: {error: string, code: string, jobId?: string}) => void} [options.onFailed]
    *   a refused submission, a failed or a cancelled job
    * @param {(state: State) => void} [options.onChange]  every state change (or use subscribe)
-   * @param {typeof WebSocket|null} [options.WebSocket]  default the browser's; null: poll only
+   * @param {typeof WebSocket|null} [options.WebSocket]  default the browser's; null: no socket (events, then polling)
+   * @param {typeof EventSource|null} [options.EventSource]  default the browser's; null: after sockets, poll
    * @param {number} [options.pollIntervalMs=1500]  status polling period when sockets are unavailable
    * @param {number} [options.reconnectBaseMs=500]  first reconnect delay; doubles per try, jittered
    * @param {number} [options.reconnectMaxMs=10000]  longest reconnect delay
    * @param {number} [options.tryAgainLaterMs=2000]  least wait after close code 1013 (Try Again Later), jittered
-   * @param {number} [options.maxFailedOpens=3]  sockets that never open in a row before polling instead
+   * @param {number} [options.maxFailedOpens=3]  sockets (then event streams) that never open in a row before
+   *   the next way of following a job: WebSocket, then Server-Sent Events, then polling
    * @param {number} [options.heartbeatMs=20000]  ping period; a socket silent for two is dropped
    */
   constructor(options = {}) {
@@ -115,6 +118,7 @@ export class ImageGeneration {
     this.wsUrl = ws.href;
     this.callbacks = options;
     this.WebSocket = options.WebSocket === undefined ? globalThis.WebSocket : options.WebSocket;
+    this.EventSource = options.EventSource === undefined ? globalThis.EventSource : options.EventSource;
     this.pollIntervalMs = options.pollIntervalMs ?? 1500;
     this.reconnectBaseMs = options.reconnectBaseMs ?? 500;
     this.reconnectMaxMs = options.reconnectMaxMs ?? 10000;
@@ -182,7 +186,7 @@ export class ImageGeneration {
     this._set({ isGenerating: true, error: null, errorCode: null });
     return new Promise((resolve) => {
       this.watch = { jobId, lastSeq: -1, socket: null, timer: null, heartbeat: null, attempts: 0, failedOpens: 0, ended: false, resolve };
-      this.WebSocket ? this._connect(this.watch) : this._poll(this.watch);
+      this.WebSocket ? this._connect(this.watch) : this._withoutSockets(this.watch);
     });
   }
 
@@ -317,7 +321,7 @@ export class ImageGeneration {
     socket.onclose = socket.onmessage = socket.onopen = null;
     if (socket.readyState <= 1) socket.close();
     if (watch.ended) return;
-    if (!opened && ++watch.failedOpens >= this.maxFailedOpens) return this._poll(watch);
+    if (!opened && ++watch.failedOpens >= this.maxFailedOpens) return this._withoutSockets(watch);
     this._set({ connection: "reconnecting" });
     const delay = Math.max(this._backoff(watch.attempts++), retryAfterMs * (1 + Math.random() / 2));
     watch.timer = setTimeout(() => watch.ended || this._connect(watch), delay);
@@ -326,6 +330,64 @@ export class ImageGeneration {
   _backoff(attempt) {
     const delay = Math.min(this.reconnectMaxMs, this.reconnectBaseMs * 2 ** attempt);
     return delay / 2 + Math.random() * delay / 2;
+  }
+
+  // ---- following a job over Server-Sent Events (GET /stream), where sockets cannot be used ---------
+
+  /** Sockets never open here: the job's event stream if the browser has EventSource, else polling. */
+  _withoutSockets(watch) {
+    watch.failedOpens = 0;
+    watch.attempts = 0;
+    return this.EventSource ? this._stream(watch) : this._poll(watch);
+  }
+
+  /**
+   * One EventSource on the job's stream, from the last `seq` applied. Once it has opened, the browser itself
+   * reconnects after a drop (with Last-Event-ID, so nothing is missed or repeated); when it gives up (an answer
+   * that is no stream: 404, 429, 503) or never opened, a new one is made with backoff, or after
+   * `maxFailedOpens` that never opened, polling.
+   */
+  _stream(watch) {
+    const url = new URL(`${this.apiUrl}/api/jobs/${encodeURIComponent(watch.jobId)}/stream`);
+    if (watch.lastSeq >= 0) url.searchParams.set("lastEventId", String(watch.lastSeq));
+    let opened = false;
+    const source = new this.EventSource(url.href);
+    watch.source = source;
+    this._set({ connection: watch.attempts ? "reconnecting" : "connecting" });
+    source.onopen = () => {
+      opened = true;
+      watch.failedOpens = 0;
+      this._set({ connection: "live" });
+    };
+    source.onmessage = (event) => this._onStreamEvent(watch, event.data);
+    source.onerror = () => {
+      // never opened (refused, cut, no stream): a failed open; open and dropped: the browser reconnects by itself
+      if (!opened || source.readyState === source.CLOSED) return this._streamGone(watch, source, opened);
+      if (!watch.ended) this._set({ connection: "reconnecting" });
+    };
+  }
+
+  _onStreamEvent(watch, data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (frame.jobId !== watch.jobId || !JOB_FRAMES.has(frame.type)) return;
+    watch.attempts = 0;
+    this._apply(watch, frame);
+  }
+
+  _streamGone(watch, source, opened) {
+    if (watch.source !== source) return;
+    watch.source = null;
+    source.onopen = source.onmessage = source.onerror = null;
+    source.close();
+    if (watch.ended) return;
+    if (!opened && ++watch.failedOpens >= this.maxFailedOpens) return this._poll(watch);
+    this._set({ connection: "reconnecting" });
+    watch.timer = setTimeout(() => watch.ended || this._stream(watch), this._backoff(watch.attempts++));
   }
 
   // ---- following a job by polling GET /status ------------------------------------------------------
@@ -403,8 +465,18 @@ export class ImageGeneration {
       socket.onclose = socket.onmessage = socket.onopen = null;
       socket.close(1000);
     }
+    this._closeStream(watch);
     if (this.watch === watch) this.watch = null;
     watch.resolve(this.state.currentJob);
+  }
+
+  _closeStream(watch) {
+    const source = watch.source;
+    watch.source = null;
+    if (source) {
+      source.onopen = source.onmessage = source.onerror = null;
+      source.close();
+    }
   }
 
   _set(changes) {
