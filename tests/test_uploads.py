@@ -166,9 +166,9 @@ def near(pixel, colour, tolerance: int = 40) -> bool:
 
 
 def assert_upright_and_shrunk(img: Image.Image) -> None:
-    """The 2400x1800 photo shown turned clockwise is 1800x2400: 1152x1536 at PHOTO_MAX_SIDE, its red
-    corner top right."""
-    assert img.size == (1152, 1536), img.size
+    """The 2400x1800 photo shown turned clockwise is 1800x2400: 900x1200 once halved (the kept copy's long
+    side within PHOTO_MIN_SIDE..PHOTO_MAX_SIDE), its red corner top right."""
+    assert img.size == (900, 1200), img.size
     w, h = img.size
     assert near(img.getpixel((w - 20, 20)), RED), img.getpixel((w - 20, 20))
     assert near(img.getpixel((20, 20)), BLUE) and near(img.getpixel((w - 20, h - 20)), BLUE)
