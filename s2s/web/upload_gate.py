@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import ctypes
 import math
 import multiprocessing
 import os
@@ -29,10 +27,6 @@ MB = 1024 * 1024
 #: Decode room a submit takes before its header is known, so the usual photo is read and decoded in one
 #: trip to a decode process: a 4000x3000 JPEG (decoded at 1/4 scale, 1000x750) needs 18 MB.
 USUAL_DECODE = 24 * MB
-#: mallopt(M_MMAP_THRESHOLD): every allocation this big or bigger is its own mapping, given back to the
-#: system when freed. glibc otherwise raises the threshold to the largest block freed (Pillow allocates
-#: pictures in 16 MB blocks), so a decode process kept its biggest picture's memory for good.
-_MMAP_THRESHOLD_OPTION, MMAP_THRESHOLD = -3, 1 * MB
 DECODE_NICENESS = 10
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
@@ -44,15 +38,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     if pool is None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["s2s.uploads"])
-        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context, initializer=_decode_process)
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context, initializer=os.nice,
+                                                     initargs=(DECODE_NICENESS,))
     return pool
-
-
-def _decode_process() -> None:
-    """A decode process's start: nice, and its freed pictures returned to the system at once (glibc)."""
-    os.nice(DECODE_NICENESS)
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: the allocator keeps its own policy
-        ctypes.CDLL("libc.so.6").mallopt(_MMAP_THRESHOLD_OPTION, MMAP_THRESHOLD)
 
 
 class ByteBudget:
