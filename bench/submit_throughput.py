@@ -85,6 +85,7 @@ class Sampler:
         self.peak = 0
         self.peak_all = 0
         self.cpu_s = 0.0
+        self.own_cpu_s = 0.0
         self.health_ms: list[float] = []
         self.health_bad = 0
 
@@ -115,17 +116,18 @@ class Sampler:
             await asyncio.sleep(0.05)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of the API process and its children so far (user + system)."""
-    total = 0.0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) so far of the API process and its children, and of the API process alone."""
+    total = own = 0.0
     proc = psutil.Process(pid)
     for p in (proc, *proc.children(recursive=True)):
         try:
             times = p.cpu_times()
             total += times.user + times.system
+            own = own or times.user + times.system
         except psutil.NoSuchProcess:
             pass
-    return total
+    return total, own
 
 
 def pct(values: list[float], p: float) -> float:
@@ -160,7 +162,8 @@ async def measured(api_pid: int, base: str, load) -> tuple[Sampler, dict, list, 
             print(f"phase stopped at its {PHASE_LIMIT_S} s limit", flush=True)
         finally:
             elapsed = time.perf_counter() - start
-            sampler.cpu_s = cpu_seconds(api_pid) - cpu_start
+            cpu_end = cpu_seconds(api_pid)
+            sampler.cpu_s, sampler.own_cpu_s = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
             stop.set()
             await asyncio.gather(*watchers)
     return sampler, statuses, latencies, elapsed
@@ -193,7 +196,8 @@ def report(title: str, sampler: Sampler, statuses: dict, latencies: list, elapse
     answers = dict(sorted(statuses.items(), key=str))
     print(f"{title}: {n} submits in {elapsed:.1f} s = {n / elapsed:.1f}/s, answers {answers}, "
           f"latency p50 {statistics.median(latencies or [float('nan')]):.0f} ms p99 {pct(latencies, 0.99):.0f} ms, "
-          f"API CPU {1000 * sampler.cpu_s / max(1, n):.0f} ms a submit; "
+          f"API CPU {1000 * sampler.cpu_s / max(1, n):.0f} ms a submit "
+          f"({1000 * sampler.own_cpu_s / max(1, n):.0f} ms of it in the API process itself); "
           f"peak API RSS {sampler.peak / 2**20:.0f} MB "
           f"(PSS with its decode processes {sampler.peak_all / 2**20:.0f} MB); "
           f"health p99 {pct(sampler.health_ms, 0.99):.0f} ms "

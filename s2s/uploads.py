@@ -25,7 +25,6 @@ from s2s.job_requests import NewJob
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.I)
-_SPACE = re.compile(r"\s")
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 MAX_HERO_NAME = 64
 
@@ -226,20 +225,25 @@ def _payload(value: str, *, max_bytes: int) -> tuple[bytes, str | None]:
     elif value.startswith("data:"):
         raise _field_error("originalImageBase64", "a data URL must look like data:image/png;base64,...",
                            code="invalid_base64")
-    compact = "".join(value.split()) if _SPACE.search(value) else value  # no 13 MB copy for the usual case
-    if len(compact) * 3 // 4 > max_bytes + 3:
-        raise InputError(413, "image_too_large", f"The image is larger than {max_bytes} bytes.",
-                         {"field": "originalImageBase64", "maxBytes": max_bytes})
-    try:
-        raw = compact.encode("ascii") + b"=" * (-len(compact) % 4)
-        del compact, value
-        data = base64.b64decode(raw, validate=True)
+    too_large = InputError(413, "image_too_large", f"The image is larger than {max_bytes} bytes.",
+                           {"field": "originalImageBase64", "maxBytes": max_bytes})
+    if len(value) * 3 // 4 > max_bytes + 3 and len(value := "".join(value.split())) * 3 // 4 > max_bytes + 3:
+        raise too_large
+    try:  # the usual base64 has no whitespace: decoded as it is (a search for whitespace first costs 7 ms)
+        data = _b64decode(value)
     except (binascii.Error, ValueError):
-        raise _field_error("originalImageBase64", "is not valid base64", code="invalid_base64") from None
+        try:  # line breaks (MIME) or spaces in it
+            data = _b64decode("".join(value.split()))
+        except (binascii.Error, ValueError):
+            raise _field_error("originalImageBase64", "is not valid base64", code="invalid_base64") from None
     if len(data) > max_bytes:
-        raise InputError(413, "image_too_large", f"The image is larger than {max_bytes} bytes.",
-                         {"field": "originalImageBase64", "maxBytes": max_bytes})
+        raise too_large
     return data, declared
+
+
+def _b64decode(value: str) -> bytes:
+    """Strict base64 (padding may be left off): binascii.Error or ValueError (not ASCII) otherwise."""
+    return base64.b64decode(value.encode("ascii") + b"=" * (-len(value) % 4), validate=True)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
