@@ -7,7 +7,8 @@ Prints, against the goals of issue 15:
 
 Bounded: every phase stops after its count or its time limit. The rate limit and the waiting cap are off
 (S2S_SUBMIT_PER_MINUTE=0, S2S_MAX_WAITING=0) so the figures are the process's own.
-Usage: python bench/submit_throughput.py [--rounds 2] [--submits 400] [--seconds 30]
+Usage: python bench/submit_throughput.py [--rounds 2] [--submits 400] [--seconds 30] [--phases photo,worst]
+       [--set S2S_UPLOAD_BODY_MB=64 ...]
 """
 
 from __future__ import annotations
@@ -209,6 +210,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of 32 parallel worst-case uploads")
     parser.add_argument("--submits", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--set", action="append", default=[], metavar="S2S_NAME=VALUE",
+                        help="a setting for the API, e.g. --set S2S_UPLOAD_BODY_MB=64 (repeatable)")
+    parser.add_argument("--phases", default="photo,worst", help="which phases run: photo, worst or both")
     args = parser.parse_args()
     png = flat_png((6000, 6000))
     settings0 = Settings.from_env({}, dotenv=None)
@@ -225,19 +229,22 @@ def main() -> None:
         settings = Settings.from_env({}, dotenv=None, redis_url=url, port=port, retention_seconds=600)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("S2S_")}, **settings.environ(),
                "S2S_SUBMIT_PER_MINUTE": "0", "S2S_MAX_WAITING": "0", "S2S_PROVIDER": "noop",
-               "S2S_LOG_LEVEL": "warning", "WORKER_CONCURRENCY": "50"}
+               "S2S_LOG_LEVEL": "warning", "WORKER_CONCURRENCY": "50",
+               **dict(item.split("=", 1) for item in args.set)}
         procs = [subprocess.Popen([sys.executable, "-m", "s2s", role], env=env, stdout=subprocess.DEVNULL)
                  for role in ("serve", "worker")]
         base = f"http://{HOST}:{port}"
         try:
             wait_healthy(base, procs[0])
             print(f"idle API RSS {psutil.Process(procs[0].pid).memory_info().rss / 2**20:.0f} MB")
-            report("4000x3000 photo at 8 in flight",
-                   *asyncio.run(throughput(procs[0].pid, base, submission(photo, "image/jpeg"), args.submits,
-                                           args.seconds)))
-            report(f"worst case, {args.rounds} rounds x (32 PNG, 32 JPEG) in parallel",
-                   *asyncio.run(worst_case(procs[0].pid, base, args.rounds, [submission(png, "image/png"),
-                                                                              submission(big_jpeg, "image/jpeg")])))
+            if "photo" in args.phases:
+                report("4000x3000 photo at 8 in flight",
+                       *asyncio.run(throughput(procs[0].pid, base, submission(photo, "image/jpeg"), args.submits,
+                                               args.seconds)))
+            if "worst" in args.phases:
+                report(f"worst case, {args.rounds} rounds x (32 PNG, 32 JPEG) in parallel",
+                       *asyncio.run(worst_case(procs[0].pid, base, args.rounds,
+                                               [submission(png, "image/png"), submission(big_jpeg, "image/jpeg")])))
         finally:
             for proc in procs:
                 proc.terminate()
