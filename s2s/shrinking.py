@@ -58,17 +58,20 @@ def reduced_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def shrink(img: Image.Image, normalise) -> Image.Image:
     """``img`` (decoded, JPEG already at its draft scale) normalised by ``normalise`` (a picture -> an L,
-    RGB or CMYK one, or as it is) and shrunk to at most PHOTO_MAX_SIDE."""
+    RGB or CMYK one, or as it is) and shrunk to at most PHOTO_MAX_SIDE. Of its ``info`` only the colour
+    profile is kept, for the sRGB conversion that follows."""
     factor = reduction(img.size)
     if factor == 1:
         small = normalise(img)
-    elif img.mode in AVERAGED:
+    elif img.mode in AVERAGED and not img.has_transparency_data:  # nothing to convert (an RGB tRNS key is)
         small = img.reduce(factor)
     else:
         small = _reduce_in_strips(img, factor, normalise)
-    small.info = img.info
     size = fitted(small.size)
-    return small if size is None else _keep_info(small.resize(size, _BICUBIC), img.info)
+    if size is not None:
+        small = small.resize(size, _BICUBIC)
+    small.info = {"icc_profile": img.info["icc_profile"]} if img.info.get("icc_profile") else {}
+    return small
 
 
 def _reduce_in_strips(img: Image.Image, factor: int, normalise) -> Image.Image:
@@ -83,8 +86,3 @@ def _reduce_in_strips(img: Image.Image, factor: int, normalise) -> Image.Image:
             out = Image.new(small.mode, reduced_size(img.size))
         out.paste(small, (0, top // factor))
     return out
-
-
-def _keep_info(picture: Image.Image, info: dict) -> Image.Image:
-    picture.info = info
-    return picture

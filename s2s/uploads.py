@@ -187,7 +187,8 @@ def decode_cost(data: bytes, max_pixels: int) -> int:
         width, height = img.size
         per_pixel = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
         factor = shrinking.reduction((width, height))
-        strip = 0 if factor == 1 or img.mode in shrinking.AVERAGED else width * shrinking.STRIP_ROWS * factor * 16
+        averaged = img.mode in shrinking.AVERAGED and not img.has_transparency_data  # reduced as it is
+        strip = 0 if factor == 1 or averaged else width * shrinking.STRIP_ROWS * factor * 16
     small_w, small_h = shrinking.reduced_size((width, height))
     return width * height * per_pixel + strip + small_w * small_h * 4 * (5 if factor == 1 else 4)
 
