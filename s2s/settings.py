@@ -212,7 +212,7 @@ class Settings:
                                "frames one /ws socket may send at once above that rate (resubscribing its jobs)")
     max_decodes: int = _env("S2S_MAX_DECODES", _int(0, 256), 0,
                             "photos one API process decodes at once (0: one per CPU)")
-    upload_body_mb: int = _env("S2S_UPLOAD_BODY_MB", _int(1), 96,
+    upload_body_mb: int = _env("S2S_UPLOAD_BODY_MB", _int(1), 64,
                                "MB of submit bodies one API process holds at once (each counts twice its size)")
     decode_memory_mb: int = _env("S2S_DECODE_MEMORY_MB", _int(1), 128,
                                  "MB of pixels one API process decodes at once (from the header; a bigger photo "
