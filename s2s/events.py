@@ -15,6 +15,7 @@ from typing import NamedTuple
 from s2s.models import Job, JobStatus, image_path
 
 _COMPACT = (",", ":")
+TERMINAL_TYPES = frozenset({"job_completed", "job_failed", "job_cancelled"})  # a job's last event
 
 
 def encode(frame: dict) -> str:
@@ -88,3 +89,32 @@ def wire(text: str) -> bytes:
     if size <= 0xFFFF:
         return struct.pack("!BBH", 0x81, 126, size) + payload
     return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+def websocket_frame(event: Event, text: str) -> bytes:
+    """How /ws frames an event for the registry (``Watcher.framing``): one WebSocket text frame."""
+    return wire(text)
+
+
+class StreamFrame(NamedTuple):
+    """One Server-Sent Event, ready for the response, and whether it is the job's last."""
+
+    data: bytes
+    ends: bool
+
+
+def stream_frame(event: Event, text: str) -> StreamFrame:
+    """How GET /stream frames an event for the registry (``Watcher.framing``): ``id:`` is its seq."""
+    return sse(text, event.seq, event.type in TERMINAL_TYPES)
+
+
+def sse(text: str, seq: int, ends: bool) -> StreamFrame:
+    """A Server-Sent Event whose ``data:`` is the frame's text (one line per line, as the format wants)."""
+    return StreamFrame(f"id: {seq}\n".encode() + sse_data(text), ends)
+
+
+def sse_data(text: str) -> bytes:
+    """A Server-Sent Event with no ``id:`` (a place in line, which has no seq): the browser's
+    Last-Event-ID stays the last event's."""
+    lines = "".join(f"data: {line}\n" for line in text.splitlines() or [""])
+    return f"{lines}\n".encode()

@@ -49,7 +49,7 @@ class Fleet:
             if info is None:
                 continue
             data = json.loads(info)
-            age = now - int(seen)
+            age = max(0, now - int(seen))  # a beat landing between our clock read and the listing
             data.update(id=text(wid), lastSeenMs=age, alive=age <= self.alive_within_ms())
             out.append(data)
         return out

@@ -137,6 +137,10 @@ class Keys:
         """STRING present (with a TTL) while the provider asked us to back off (429 Retry-After)."""
         return f"{self.prefix}:rate:{provider}:pause"
 
+    def run_times(self, provider: str) -> str:
+        """LIST of the provider's latest completed run times (ms, newest first, capped): the queue's ETA."""
+        return f"{self.prefix}:runtimes:{provider}"
+
     def provider_state(self, provider: str) -> str:
         """STRING (JSON reason, with a TTL) present while the provider refuses our credentials."""
         return f"{self.prefix}:provider:{provider}:state"

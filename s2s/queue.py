@@ -6,7 +6,8 @@ lease was taken away (it hung, or was killed) cannot report or finish the job
 afterwards, so a job completes at most once, and the reaper puts it back in line.
 
 Reading what the queue holds is elsewhere: the worker registry in :mod:`s2s.fleet`,
-job lists and the stats snapshot in :mod:`s2s.overview` (``queue.fleet``, ``queue.overview``).
+job lists and the stats snapshot in :mod:`s2s.overview`, places in line in :mod:`s2s.line`
+(``queue.fleet``, ``queue.overview``, ``queue.line``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from s2s.claims import Claim, ClaimBatch, parse_claims
 from s2s.fleet import WORKER_MEMORY_MS, Fleet
 from s2s.job_requests import IdempotencyConflict, IdempotencyKey, NewJob, new_job_id
 from s2s.keys import Keys
+from s2s.line import Line
 from s2s.models import Accepted, Job, Stats, image_path
 from s2s.overview import Overview
 from s2s.redis_memory import StoreMemory
@@ -61,6 +63,7 @@ class Queue:
         self.max_block_s = settings.redis_timeout_ms / 2000  # a BLMOVE must end before the read timeout does
         self.fleet = Fleet(redis, self.keys, settings.lease_ms)  # the workers' registry, read
         self.overview = Overview(self)  # job lists and snapshots, read
+        self.line = Line(self)  # queued jobs' places in line and ETAs, read
 
     @classmethod
     def connect(cls, settings: Settings, url: str | None = None, *, blocking_s: float = 0.0) -> Queue:
@@ -279,7 +282,7 @@ class Queue:
         reply = await self.pipeliner.call(
             "complete",
             [k.job(j), k.job_events(j), k.active, k.completed, k.totals, *claim_keys[:1], *claim_keys[2:],
-             self.blobs.redis_key(key) if inline else k.job(j)],
+             self.blobs.redis_key(key) if inline else k.job(j), k.run_times(provider)],
             [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else ""])
         ok = bool(reply[0])
         try:

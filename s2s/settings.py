@@ -240,7 +240,7 @@ class Settings:
                                "frames one /ws socket may send at once above that rate (resubscribing its jobs)")
     max_decodes: int = _env("S2S_MAX_DECODES", _int(0, 256), 0,
                             "photos one API process decodes at once (0: one per CPU)")
-    upload_body_mb: int = _env("S2S_UPLOAD_BODY_MB", _int(1), 96,
+    upload_body_mb: int = _env("S2S_UPLOAD_BODY_MB", _int(1), 64,
                                "MB of submit bodies one API process holds at once (each counts twice its size)")
     decode_memory_mb: int = _env("S2S_DECODE_MEMORY_MB", _int(1), 128,
                                  "MB of pixels one API process decodes at once (from the header; a bigger photo "
@@ -250,6 +250,10 @@ class Settings:
     ws_max_pending_subscribes: int = _env(
         "S2S_WS_MAX_PENDING_SUBSCRIBES", _int(0), 25000,
         "subscribes in progress on one API process past which new ones get `overloaded` (0: no cap)")
+    stream_max_s: int = _env(
+        "S2S_STREAM_MAX_SECONDS", _int(1, 86400), 600,
+        "longest one GET /stream answer lasts; its browser then reconnects with Last-Event-ID (spreads streams "
+        "over API processes after a deploy)")
     redis_timeout_ms: int = _env("S2S_REDIS_TIMEOUT_MS", _int(100, 60000), 1000,
                                  "longest wait for Redis to accept a connection or answer a command")
     store_high_water_percent: int = _env(

@@ -19,23 +19,20 @@ import re
 from attrs import frozen
 from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
+from s2s import shrinking
 from s2s.catalog import Catalog
 from s2s.job_requests import NewJob
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.I)
-_SPACE = re.compile(r"\s")
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 MAX_HERO_NAME = 64
 
-#: The long side of the photo that is kept and sent upstream. The providers draw at most 1536 px a
-#: side (OpenAI 1024x1536, Qwen's configured 1536*1024) and accept up to 3072 (Qwen) and 10 MB:
-#: more input pixels only cost memory, Redis and upload time.
-PHOTO_MAX_SIDE = 1536
 #: One format for every prepared photo: JPEG suits photographs, both providers take it, and it is a
 #: fraction of a PNG's size; a portrait's transparency means nothing to them, so it is flattened.
 PHOTO_TYPE = "image/jpeg"
 PHOTO_JPEG_QUALITY = 90
+PHOTO_MAX_SIDE = shrinking.PHOTO_MAX_SIDE
 _SRGB = ImageCms.createProfile("sRGB")
 
 #: EXIF Orientation -> the turn that shows the photo upright. ImageOps.exif_transpose has the same
@@ -153,7 +150,8 @@ def prepare_photo(value: str, *, max_bytes: int, max_pixels: int) -> Photo:
     A data URL or bare base64 of a whole JPEG/PNG/WebP of the declared type, refused with its own
     error otherwise; then upright (EXIF orientation applied), in sRGB (an embedded ICC profile
     converted, e.g. an iPhone's Display P3), alpha flattened onto white, the long side at most
-    :data:`PHOTO_MAX_SIDE`, and re-encoded as a JPEG with no metadata at all: no EXIF (GPS,
+    :data:`PHOTO_MAX_SIDE` (at least ``shrinking.PHOTO_MIN_SIDE`` when it was bigger), and re-encoded
+    as a JPEG with no metadata at all: no EXIF (GPS,
     camera, time), XMP, ICC, comments or text chunks leave the API.
     """
     data, declared = _payload(value, max_bytes=max_bytes)
@@ -161,11 +159,11 @@ def prepare_photo(value: str, *, max_bytes: int, max_pixels: int) -> Photo:
 
 
 def _photo(data: bytes, declared: str | None, max_pixels: int) -> Photo:
-    picture, actual = _decode(data, max_pixels)
+    picture, actual, orientation = _decode(data, max_pixels)
     if declared and declared != actual:
         raise _field_error("originalImageBase64", f"declared as {declared} but the bytes are {actual}",
                            code="image_type_mismatch")
-    return _clean_copy(picture)
+    return _clean_copy(picture, orientation)
 
 
 def read_submission(chunks: list[bytes], catalog: Catalog, *, max_bytes: int) -> Submission:
@@ -185,16 +183,18 @@ def read_submission(chunks: list[bytes], catalog: Catalog, *, max_bytes: int) ->
 
 def decode_cost(data: bytes, max_pixels: int) -> int:
     """The bytes :func:`finish_job` will hold at most while decoding ``data``, from its header alone
-    (no pixel is decoded; a photo over ``max_pixels`` is refused here): the decoded picture (JPEG at
-    its draft scale; Pillow keeps RGB in 4 bytes a pixel), the resize's intermediate and the copies."""
+    (no pixel is decoded; a photo over ``max_pixels`` is refused here): the decoded picture (a JPEG at
+    its draft scale; Pillow keeps RGB in 4 bytes a pixel), a strip's conversions, and the small copies
+    (reduced, resized, upright, sRGB, the JPEG written: at most PHOTO_MAX_SIDE a side)."""
     with _reading(max_pixels), _open(data, max_pixels) as img:
-        target = _target(img.size)
-        if target:
-            img.draft(None, target)  # JPEG: the scale it will be decoded at; no effect for PNG and WebP
+        shrinking.draft(img)  # JPEG: the scale it will be decoded at; no effect for PNG and WebP
         width, height = img.size
         per_pixel = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
-    out_w, out_h = target or (width, height)
-    return width * height * per_pixel + out_w * height * 4 + out_w * out_h * 16
+        factor = shrinking.reduction((width, height))
+        averaged = img.mode in shrinking.AVERAGED and not img.has_transparency_data  # reduced as it is
+        strip = 0 if factor == 1 or averaged else width * shrinking.STRIP_ROWS * factor * 16
+    small_w, small_h = shrinking.reduced_size((width, height))
+    return width * height * per_pixel + strip + small_w * small_h * 4 * (5 if factor == 1 else 4)
 
 
 def read_and_prepare(chunks: list[bytes], catalog: Catalog, *, max_bytes: int, max_pixels: int,
@@ -231,27 +231,25 @@ def _payload(value: str, *, max_bytes: int) -> tuple[bytes, str | None]:
     elif value.startswith("data:"):
         raise _field_error("originalImageBase64", "a data URL must look like data:image/png;base64,...",
                            code="invalid_base64")
-    compact = "".join(value.split()) if _SPACE.search(value) else value  # no 13 MB copy for the usual case
-    if len(compact) * 3 // 4 > max_bytes + 3:
-        raise InputError(413, "image_too_large", f"The image is larger than {max_bytes} bytes.",
-                         {"field": "originalImageBase64", "maxBytes": max_bytes})
-    try:
-        raw = compact.encode("ascii") + b"=" * (-len(compact) % 4)
-        del compact, value
-        data = base64.b64decode(raw, validate=True)
+    too_large = InputError(413, "image_too_large", f"The image is larger than {max_bytes} bytes.",
+                           {"field": "originalImageBase64", "maxBytes": max_bytes})
+    if len(value) * 3 // 4 > max_bytes + 3 and len(value := "".join(value.split())) * 3 // 4 > max_bytes + 3:
+        raise too_large
+    try:  # the usual base64 has no whitespace: decoded as it is (a search for whitespace first costs 7 ms)
+        data = _b64decode(value)
     except (binascii.Error, ValueError):
-        raise _field_error("originalImageBase64", "is not valid base64", code="invalid_base64") from None
+        try:  # line breaks (MIME) or spaces in it
+            data = _b64decode("".join(value.split()))
+        except (binascii.Error, ValueError):
+            raise _field_error("originalImageBase64", "is not valid base64", code="invalid_base64") from None
     if len(data) > max_bytes:
-        raise InputError(413, "image_too_large", f"The image is larger than {max_bytes} bytes.",
-                         {"field": "originalImageBase64", "maxBytes": max_bytes})
+        raise too_large
     return data, declared
 
 
-def _target(size: tuple[int, int]) -> tuple[int, int] | None:
-    """The size the kept copy has, or None when the photo is small enough as it is."""
-    width, height = size
-    scale = PHOTO_MAX_SIDE / max(width, height)
-    return None if scale >= 1 else (max(1, round(width * scale)), max(1, round(height * scale)))
+def _b64decode(value: str) -> bytes:
+    """Strict base64 (padding may be left off): binascii.Error or ValueError (not ASCII) otherwise."""
+    return base64.b64decode(value.encode("ascii") + b"=" * (-len(value) % 4), validate=True)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -282,36 +280,40 @@ def _reading(max_pixels: int):
                            code="invalid_image") from None
 
 
-def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
-    """Decode it all (a truncated or corrupt file fails here, not in a worker), already shrunk to
-    at most PHOTO_MAX_SIDE: the pixel count is checked from the header first, and a big JPEG is
-    decoded at 1/2..1/8 scale straight from the DCT (``draft``), so it is never held at full size."""
+def _decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
+    """Decode it all (a truncated or corrupt file fails here, not in a worker) and shrink it
+    (:mod:`s2s.shrinking`: a JPEG at 1/2..1/8 scale from the DCT, so never held at full size):
+    (the picture opaque and at most PHOTO_MAX_SIDE, its format, its EXIF orientation)."""
     with _reading(max_pixels), _open(data, max_pixels) as img:
         kind = FORMATS[img.format]
-        size = _target(img.size)
-        if size is None:
-            img.load()
-            return img, kind
-        drafted = img.draft(None, size)  # JPEG only; no effect (None) for PNG and WebP
+        shrinking.draft(img)
         img.load()
-        return img.resize(size, Image.Resampling.LANCZOS, box=drafted[1] if drafted else None,
-                          reducing_gap=3.0), kind
+        orientation = _orientation(img)
+        return shrinking.shrink(img, _opaque), kind, orientation
 
 
-def _clean_copy(picture: Image.Image) -> Photo:
-    """Upright, sRGB, opaque RGB, then a JPEG written from the pixels alone (``info`` emptied: Pillow
-    would otherwise carry a JPEG comment over into the new file)."""
-    turn = _UPRIGHT.get(_orientation(picture))
-    picture = _in_srgb(picture if turn is None else picture.transpose(turn))
-    if picture.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit greyscale PNG: Pillow clips, so scale
+def _opaque(picture: Image.Image) -> Image.Image:
+    """L, RGB or CMYK: 16-bit grey scaled to 8 (Pillow clips), transparency flattened onto white."""
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         picture = picture.convert("F").point(lambda v: v / 256).convert("L")
     if picture.has_transparency_data:
         rgba = picture.convert("RGBA")
         picture = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    picture = picture.convert("RGB")
+    return picture if picture.mode in ("L", "RGB", "CMYK") else picture.convert("RGB")
+
+
+def _clean_copy(picture: Image.Image, orientation: int) -> Photo:
+    """Upright, sRGB, RGB, then a JPEG written from the pixels alone (``info`` emptied: Pillow would
+    otherwise carry a JPEG comment over into the new file). Not ``optimize``d: that costs as much
+    again as the encode for 8% fewer bytes."""
+    turn = _UPRIGHT.get(orientation)
+    info = picture.info
+    picture = picture if turn is None else picture.transpose(turn)
+    picture.info = info
+    picture = _in_srgb(picture).convert("RGB")
     picture.info = {}
     out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=PHOTO_JPEG_QUALITY, optimize=True)
+    picture.save(out, format="JPEG", quality=PHOTO_JPEG_QUALITY)
     return Photo(data=out.getvalue(), content_type=PHOTO_TYPE)
 
 
@@ -332,13 +334,9 @@ def _in_srgb(picture: Image.Image) -> Image.Image:
     icc = picture.info.get("icc_profile")
     if not icc:
         return picture
-    if picture.mode == "P":  # a palette PNG: its colours are RGB in that profile
-        picture = picture.convert("RGBA" if picture.has_transparency_data else "RGB")
-    if picture.mode not in ("RGB", "RGBA", "CMYK", "L"):
-        return picture
-    try:
+    try:  # the picture is L, RGB or CMYK (_opaque): a palette's colours were made RGB in that profile
         return ImageCms.profileToProfile(picture, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _SRGB,
-                                         outputMode="RGBA" if picture.mode == "RGBA" else "RGB")
+                                         outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError) as exc:
         log.warning("photo colour profile unusable, colours kept as they are",
                     extra={"mode": picture.mode, "error": str(exc)})

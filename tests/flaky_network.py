@@ -10,7 +10,8 @@ class FlakyNetwork:
     """A TCP hop between a client (a browser, `s2s submit`) and the server that can fail the way networks do.
 
     ``cut()`` drops every open connection and refuses new ones until ``restore()`` (Wi-Fi gone);
-    ``block_websockets`` closes any connection that asks for a WebSocket upgrade (some proxies).
+    ``block_websockets`` closes any connection that asks for a WebSocket upgrade (some proxies);
+    ``block_event_streams`` any that asks for Server-Sent Events (proxies that buffer whole answers).
     """
 
     def __init__(self, port: int):
@@ -20,6 +21,7 @@ class FlakyNetwork:
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/"
         self.down = self.closed = False
         self.block_websockets = False
+        self.block_event_streams = False  # closes any request for Server-Sent Events (Accept: text/event-stream)
         self.refused = 0
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
@@ -47,6 +49,9 @@ class FlakyNetwork:
         try:
             while data := src.recv(65536):
                 if from_browser and self.block_websockets and b"upgrade: websocket" in data.lower():
+                    self.refused += 1
+                    break
+                if from_browser and self.block_event_streams and b"accept: text/event-stream" in data.lower():
                     self.refused += 1
                     break
                 dst.sendall(data)

@@ -200,7 +200,14 @@ def test_a_newcomer_opens_the_printed_url_and_gets_a_storybook_picture(s2s_up, t
     expect(page.get_by_text("Live updates: connected.")).to_be_visible()
     expect(button).to_be_disabled()
     expect(button).to_have_text("Generating… 0%")
+    expect(page.locator("#place")).to_have_text("Next in line")  # paused: a place, but no estimate
     tab.shot("queued")
+    said = page.evaluate("""async () => {
+        const { describePlace } = await import("/static/s2s-client.js");
+        return [[3, 41], [2, null], [11, 200], [22, 88]].map(([queuePosition, etaSeconds]) =>
+          describePlace({ status: "queued", queuePosition, etaSeconds }));
+    }""")
+    assert said == ["3rd in line, about 40 s", "2nd in line", "11th in line, about 3 min", "22nd in line, about 90 s"]
 
     up.operator("POST", "/api/queue/resume")
     picture = page.get_by_alt_text("Storybook cover of Mia")
@@ -317,10 +324,13 @@ def test_a_file_that_is_not_a_picture_shows_the_servers_error(s2s_up, tab, tmp_p
     tab.assert_no_problems()
 
 
-def test_behind_a_proxy_that_refuses_websockets_the_page_follows_the_job_by_polling(s2s_up, tab, photo):
+def test_behind_a_proxy_that_refuses_websockets_and_event_streams_the_page_follows_the_job_by_polling(
+        s2s_up, tab, photo):
     up = s2s_up(S2S_PROVIDER="local")
     net = FlakyNetwork(int(up.api.rsplit(":", 1)[1]))
-    net.block_websockets = True
+    net.block_websockets = net.block_event_streams = True
+    streams: list[str] = []  # every GET /stream the page made
+    tab.page.on("request", lambda r: "/stream" in r.url and streams.append(r.url))
     try:
         page = tab.page
         page.goto(net.url)
@@ -339,7 +349,55 @@ def test_behind_a_proxy_that_refuses_websockets_the_page_follows_the_job_by_poll
         tab.shot("done-by-polling")
     finally:
         net.close()
-    assert net.refused == 3 and all(not s["received"] for s in tab.sockets)  # three tries, then polling only
+    # three sockets, three event streams (the browser may retry a closed connection once), then polling only
+    assert len(tab.sockets) == 3 and len(streams) == 3 and net.refused >= 6
+    assert all(not s["received"] for s in tab.sockets)
+    tab.assert_no_problems()
+
+
+def test_behind_a_proxy_that_refuses_websockets_the_page_follows_the_job_over_server_sent_events(
+        s2s_up, tab, photo):
+    """Sockets refused: the client takes the job's event stream; a drop mid-job is resumed with Last-Event-ID."""
+    up = s2s_up(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS="5000")  # a progress event every 250 ms
+    net = FlakyNetwork(int(up.api.rsplit(":", 1)[1]))
+    net.block_websockets = True
+    streams: list[dict] = []  # every GET /stream the page made: its URL and headers
+    tab.page.on("request", lambda r: "/stream" in r.url and streams.append({"url": r.url, "headers": r.all_headers()}))
+    try:
+        page = tab.page
+        page.goto(net.url)
+        tab.fill_form(photo, "Noa", theme="ocean", style="sketch")
+        page.get_by_role("button", name="Generate").click()
+        status = page.get_by_role("status")
+        expect(status).to_have_text(re.compile(r"· Drawing \(noop provider\), step \d+ of 20$"), timeout=30_000)
+        expect(page.get_by_text("Live updates: connected.")).to_be_visible()
+        tab.shot("drawing-over-event-stream")
+
+        net.cut()
+        expect(page.get_by_text("Connection lost: reconnecting…")).to_be_visible(timeout=10_000)
+        refused = net.refused
+        wait_until(lambda: net.refused > refused, timeout=15,
+                   what="the page to try the stream again while the network is down")
+        net.restore()
+        expect(page.get_by_alt_text("Storybook cover of Noa")).to_be_visible(timeout=30_000)
+        expect(status).to_have_text("100% · Done!")
+        tab.shot("done-over-event-stream")
+    finally:
+        net.close()
+
+    assert net.refused >= 3 and all(not s["received"] for s in tab.sockets)  # no socket ever carried an event
+    job_id = streams[0]["url"].split("/api/jobs/", 1)[1].split("/", 1)[0]
+    resumed = [s for s in streams[1:] if "last-event-id" in s["headers"] or "lastEventId=" in s["url"]]
+    assert resumed, f"no reconnect said where it was: {streams}"
+    events = up.operator("GET", f"/api/jobs/{job_id}/events")["events"]
+    page_said = [text.split(" · ", 1)[1] for _, text in tab.shown()]
+    server_said = [e["message"] for e in events if e["type"] == "job_progress"]
+    # the POST's answer, then the server's messages from the first the stream carried, in order, once, across the drop
+    assert page_said[0] == "Job queued successfully" and page_said[-1] == "Done!"
+    middle = page_said[1:-1]
+    assert middle == server_said[server_said.index(middle[0]):], (middle, server_said)
+    bar = [value for value, _ in tab.shown()]
+    assert bar == sorted(bar) and bar[-1] == 100
     tab.assert_no_problems()
 
 

@@ -150,7 +150,7 @@ class Watcher:
 
     def _on_frame(self, client: Client, frame: dict) -> None:
         kind = frame["type"]
-        if kind.startswith("job_"):
+        if kind.startswith("job_") and "seq" in frame:  # a queued job's place in line is no event: no seq
             job_id = frame["jobId"]
             self.seqs[job_id].append(frame["seq"])
             self.last_seq[job_id] = frame["seq"]

@@ -48,7 +48,8 @@ def test_either_api_counts_every_workers_jobs_even_after_a_worker_is_killed(stac
     url_a = stack.api(S2S_MAX_ATTEMPTS=3)
     url_b = stack.api(S2S_MAX_ATTEMPTS=1)  # its jobs fail for good on their first failure
     first = stack.worker(**NOOP_FAILING_ONCE)
-    assert wait_ended(url_a, submit(url_a))["attempts"] == 2
+    first_job = wait_ended(url_a, submit(url_a))
+    assert first_job["attempts"] == 2
     wait_until(lambda: scrape(url_b)("s2s_job_duration_seconds_count") == 1, what="the first worker's counts")
     first.send_signal(signal.SIGKILL)  # nothing more to send: what it counted must stay counted
     first.wait(10)
@@ -58,9 +59,13 @@ def test_either_api_counts_every_workers_jobs_even_after_a_worker_is_killed(stac
              [(url_a, submit(url_a)), (url_a, submit(url_a)), (url_b, submit(url_b))]]
     assert [(job["status"], job["attempts"]) for job in ended] == [("completed", 2)] * 2 + [("failed", 1)]
 
-    def settled():
+    calls = sum(job["upstreamCalls"] for job in [first_job, *ended])  # what the jobs say they cost
+
+    def settled():  # a worker sends its counts with its heartbeat: wait for every call the jobs made
         got = scrape(url_a)
-        return got if got("s2s_job_duration_seconds_count") == 3 and got("s2s_workers_alive") == 1 else None
+        reported = sum(got.family("s2s_upstream_calls_total").values())
+        return got if (got("s2s_job_duration_seconds_count"), reported, got("s2s_workers_alive")) == (
+            3, calls, 1) else None
 
     got = wait_until(settled, timeout=15, what="the second worker's counts, and the first one gone")
     assert got.family("s2s_jobs_total") == {

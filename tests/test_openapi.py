@@ -223,7 +223,8 @@ def operations(schema) -> set[str]:
 
 
 def test_the_api_answers_as_described_with_the_operator_token(stack):
-    url = stack.api(S2S_ADMIN_TOKEN=TOKEN, S2S_PROVIDER="noop")
+    # a stream of a job queued while the fuzzed pause holds the queue would last until the request timeout
+    url = stack.api(S2S_ADMIN_TOKEN=TOKEN, S2S_PROVIDER="noop", S2S_STREAM_MAX_SECONDS=2)
     stack.worker(S2S_PROVIDER="noop")
     schema = load(url, token=TOKEN)
     statuses = run(schema)
@@ -305,6 +306,10 @@ def test_jobs_in_every_state_are_answered_as_described(stack):
     assert call(retries, "GET", "/api/jobs/{jobId}/image", 404, path_parameters={"jobId": cancelled})["code"] \
         == "image_not_found"
     assert job(retries, cancelled)["status"] == "cancelled"
+    stream = "/api/jobs/{jobId}/stream"  # an ended job's stream: its last event, then the end
+    assert b'"type":"job_cancelled"' in call(retries, "GET", stream, 200, path_parameters={"jobId": cancelled})
+    assert call(retries, "GET", stream, 204, path_parameters={"jobId": cancelled},
+                headers={"Last-Event-ID": str(job(retries, cancelled)["seq"])}) == b""
 
     stack.worker(S2S_PROVIDER="noop", S2S_NOOP_FAIL_ATTEMPTS=1, S2S_NOOP_DELAY_MS=1000, S2S_RETRY_BASE_MS=2000,
                  S2S_RETRY_MAX_MS=2000)

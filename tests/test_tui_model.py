@@ -88,6 +88,9 @@ def test_job_bodies_say_what_an_operator_needs():
                                   "createdAt": "2026-01-01T00:00:00Z", "attempts": 1, "maxAttempts": 3,
                                   "lastError": "Timed out."}, "delayed")
     assert (retrying.state, retrying.note(), retrying.cancellable) == ("delayed", "Timed out.", True)
+    waiting = JobInfo.from_json({"jobId": "j3", "status": "queued", "message": "Waiting in the queue",
+                                 "queuePosition": 3, "createdAt": None}, "waiting")
+    assert (waiting.queue_position, waiting.note()) == (3, "#3 in line · Waiting in the queue")
 
 
 def test_event_frames_of_every_kind():

@@ -166,9 +166,9 @@ def near(pixel, colour, tolerance: int = 40) -> bool:
 
 
 def assert_upright_and_shrunk(img: Image.Image) -> None:
-    """The 2400x1800 photo shown turned clockwise is 1800x2400: 1152x1536 at PHOTO_MAX_SIDE, its red
-    corner top right."""
-    assert img.size == (1152, 1536), img.size
+    """The 2400x1800 photo shown turned clockwise is 1800x2400: 900x1200 once halved (the kept copy's long
+    side within PHOTO_MIN_SIDE..PHOTO_MAX_SIDE), its red corner top right."""
+    assert img.size == (900, 1200), img.size
     w, h = img.size
     assert near(img.getpixel((w - 20, 20)), RED), img.getpixel((w - 20, 20))
     assert near(img.getpixel((20, 20)), BLUE) and near(img.getpixel((w - 20, h - 20)), BLUE)
@@ -229,3 +229,30 @@ def test_a_photo_with_nothing_to_strip_is_still_re_encoded_at_its_own_size(stack
     url = stack.api()
     img = assert_bare_jpeg(stored_photo(stack, submit(url, source.getvalue(), "image/webp")))
     assert img.size == (320, 400) and near(img.getpixel((10, 10)), RED)
+
+
+def half_transparent_png(size: tuple[int, int]) -> bytes:
+    """RGBA: red on the left half, fully transparent (with black behind it) on the right."""
+    img = Image.new("RGBA", size, (0, 0, 0, 0))
+    ImageDraw.Draw(img).rectangle((0, 0, size[0] // 2 - 1, size[1]), fill=(*RED, 255))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("photo, mime, size", [
+    (phone_jpeg((4032, 3024), orientation=1), "image/jpeg", (1008, 756)),  # a phone's 12 MP: decoded at 1/4
+    (half_transparent_png((5000, 2500)), "image/png", (1000, 500)),  # box-averaged by 5, strip by strip
+    (phone_jpeg((1700, 1000), orientation=1), "image/jpeg", (1536, 904)),  # too small to halve: resized
+], ids=["jpeg-12mp", "png-rgba-12mp", "jpeg-1700px"])
+def test_a_big_photo_is_kept_between_the_min_and_max_side(stack, photo, mime, size):
+    """The kept copy's long side lands within PHOTO_MIN_SIDE..PHOTO_MAX_SIDE, so the shrink is an integer
+    factor (cheap) wherever one fits; colours and transparency (flattened onto white) survive it."""
+    url = stack.api()
+    img = assert_bare_jpeg(stored_photo(stack, submit(url, photo, mime)))
+    assert img.size == size
+    w, h = img.size
+    assert near(img.getpixel((20, 20)), RED)
+    colour = (255, 255, 255) if mime == "image/png" else BLUE
+    assert near(img.getpixel((w - 20, h - 20)), colour, 8 if mime == "image/png" else 40)
+    assert near(img.getpixel((w // 2 - 3, h // 2)), RED if mime == "image/png" else BLUE), "no dark seam at the edge"

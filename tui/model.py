@@ -117,6 +117,7 @@ class JobInfo:
     started_at: float | None = None
     ended_at: float | None = None
     upstream_calls: int = 0  # paid calls to the image provider
+    queue_position: int | None = None  # while waiting: the place in line, 1 = next
 
     @classmethod
     def from_json(cls, body: Mapping, state: str = "") -> JobInfo:
@@ -129,7 +130,8 @@ class JobInfo:
                    provider=str(body.get("provider") or ""),
                    error=str(body.get("error") or body.get("lastError") or ""),
                    started_at=parse_iso(body.get("startedAt")), ended_at=parse_iso(ended),
-                   upstream_calls=int(body.get("upstreamCalls") or 0))
+                   upstream_calls=int(body.get("upstreamCalls") or 0),
+                   queue_position=body.get("queuePosition") if status == "queued" else None)
 
     @property
     def retryable(self) -> bool:
@@ -140,8 +142,10 @@ class JobInfo:
         return self.status in ("queued", "processing")
 
     def note(self) -> str:
-        """What an operator wants to read about the job: the error when there is one, else its message."""
-        return self.error or self.message
+        """What an operator wants to read about the job: the error when there is one, else its message (and
+        its place in line while waiting)."""
+        place = f"#{self.queue_position} in line · " if self.queue_position else ""
+        return self.error or place + self.message
 
 
 def _state_of(status: str) -> str:

@@ -3,7 +3,7 @@
 One actor for the whole process, whatever the number of sockets. Everything it
 does to a socket goes through ``io_loop.add_callback``: the sockets live on the
 Tornado loop and only the loop may write to them. A batch of events becomes one
-callback, and each event's wire frame is made once per base URL, not once per socket.
+callback, and each event's wire frame is made once per kind of watcher and base URL, not once per socket.
 
 It keeps no copy of job state: a new subscriber reads that from Redis, after the
 registry confirmed its watch, which is what makes the hand-over gap-free.
@@ -12,25 +12,31 @@ registry confirmed its watch, which is what makes the hand-over gap-free.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import pykka
 from tornado.ioloop import IOLoop
 
-from s2s.events import Event, event_text, wire
+from s2s.events import Event, event_text
 from s2s.metrics.counters import EVENTS_DELIVERED_FIELD, Counts
 
 log = logging.getLogger("s2s.ws")
 
 
 class Watcher(Protocol):
-    """What the registry needs of a socket. Every method is called on the IOLoop thread."""
+    """What the registry needs of a subscriber (a /ws socket, an SSE stream). Methods are called on the IOLoop.
+
+    ``framing`` (a static method, the same object for every watcher of a kind) makes an event's wire form
+    from the event and its text for this base URL; it is called once per kind and base URL, not per watcher.
+    """
 
     client_id: str
     base_url: str
+    framing: Callable[[Event, str], object]
 
-    def on_event(self, job_id: str, seq: int, frame: bytes) -> None:
-        """``frame`` is the whole WebSocket frame, ready for the socket."""
+    def on_event(self, job_id: str, seq: int, frame: object) -> None:
+        """``frame`` is what this watcher's ``framing`` made, ready for its connection."""
 
     def on_watching(self, job_id: str) -> None:
         """The registry now routes this job's events here: replaying from Redis cannot miss one."""
@@ -71,13 +77,14 @@ Delivery = tuple[tuple[Watcher, ...], Event]
 
 
 def deliver(deliveries: list[Delivery]) -> None:
-    """On the loop: hand each event to its sockets, in order, framing it once per base URL."""
+    """On the loop: hand each event to its watchers, in order, framing it once per kind and base URL."""
     for conns, event in deliveries:
-        frames: dict[str, bytes] = {}
+        frames: dict[tuple, object] = {}
         for conn in conns:
-            frame = frames.get(conn.base_url)
+            kind = (conn.framing, conn.base_url)
+            frame = frames.get(kind)
             if frame is None:
-                frame = frames[conn.base_url] = wire(event_text(event, conn.base_url))
+                frame = frames[kind] = conn.framing(event, event_text(event, conn.base_url))
             conn.on_event(event.job_id, event.seq, frame)
 
 

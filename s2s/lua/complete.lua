@@ -1,6 +1,7 @@
 -- Complete a job and, in the same round trip, claim the worker's next jobs (as claim.lua does).
 -- The picture is already in the blob store (under a key of this attempt's fence): the record names it.
--- KEYS: job, events, active, completed, totals, waiting, delayed, paused, the picture's Redis key (Redis storage)
+-- KEYS: job, events, active, completed, totals, waiting, delayed, paused, the picture's Redis key (Redis storage),
+--       the provider's recent run times (_run_times.lua)
 -- ARGV: fence, picture key, content type, image_url, provider, then claim.lua's eight arguments
 --       (count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events),
 --       then the picture's bytes with Redis storage ('' otherwise: the worker put them in the blob store)
@@ -25,6 +26,7 @@ redis.call('HDEL', KEYS[1], 'photo')  -- deleted from the blob store by the work
 if job[4] then redis.call('HDEL', KEYS[1], 'error', 'errorCode') end
 redis.call('ZADD', KEYS[4], now, id)  -- trimmed to the retention time by stats and the reaper
 redis.call('HINCRBY', KEYS[5], 'completed', 1)
+record_run_time(KEYS[10], KEYS[1], now, ttl)  -- for the queue's ETA (s2s/line.py)
 emit(KEYS[1], KEYS[2], channel, {type = 'job_completed', jobId = id, status = 'completed', progress = 100,
      result = {imageUrl = ARGV[4]}}, ttl, max_events)
 webhook_record(KEYS[1], id, 'job.completed', now, ttl)  -- _webhooks.lua

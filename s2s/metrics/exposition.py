@@ -110,6 +110,9 @@ class Snapshot:
                                 value=len(self.processes))
         yield GaugeMetricFamily("s2s_websockets_active", "Open /ws sockets, summed over every API process.",
                                 value=sum(p.get("sockets", 0) for p in self.processes))
+        yield GaugeMetricFamily("s2s_event_streams_active", "Open GET /api/jobs/<id>/stream answers, summed over "
+                                                            "every API process.",
+                                value=sum(p.get("streams", 0) for p in self.processes))
         delivered = CounterMetricFamily(EVENTS_DELIVERED, "Job events handed to subscribed sockets, summed over "
                                                           "every API process.")
         delivered.add_metric([], sum(value for _, value in self._samples(EVENTS_DELIVERED)))

@@ -23,6 +23,7 @@ from s2s.web.guards import GuardedHTTPServer
 from s2s.web.metrics import MetricsHandler, ProcessMetrics
 from s2s.web.openapi import openapi_route
 from s2s.web.operator import operator_routes
+from s2s.web.stream import JobStreamHandler
 from s2s.web.webhooks import webhook_routes
 from s2s.web.ws import JobSocket, WsContext
 
@@ -43,6 +44,7 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None,
         (r"/api/jobs/health", h.HealthHandler, {"ctx": ctx}),
         (route + r"/status", h.JobStatusHandler, {"ctx": ctx}),
         (route + r"/image", h.JobImageHandler, {"ctx": ctx}),
+        (route + r"/stream", JobStreamHandler, {"ctx": ctx, "live": live}),  # answers 503 without the actors
         (route + r"/cancel", h.CancelHandler, {"ctx": ctx}),
         (route + r"/retry", h.RetryHandler, {"ctx": ctx}),
         (r"/api/queue/pause", h.PauseHandler, {"ctx": ctx}),

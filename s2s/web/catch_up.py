@@ -23,6 +23,7 @@ from typing import Protocol
 import redis.exceptions
 
 from s2s import events
+from s2s.models import JobStatus
 from s2s.web.subscribing import SharedReads
 
 log = logging.getLogger("s2s.ws")
@@ -33,13 +34,14 @@ CATCH_UP_ATTEMPTS = 4  # then the socket is closed: never go on live with a gap
 class JobWatch:
     """One socket's view of one job: the last seq it was sent, and a buffer while it catches up."""
 
-    __slots__ = ("last_seq", "buffer", "stale", "confirmed")
+    __slots__ = ("last_seq", "buffer", "stale", "confirmed", "told")
 
     def __init__(self, last_seq: int, confirmed: asyncio.Future | None = None):
         self.last_seq = last_seq
         self.buffer: list[tuple[int, bytes]] | None = []  # None: caught up, events go straight out
         self.stale = False  # a resync came while catching up: read the log once more
         self.confirmed = confirmed  # set by the registry's confirmation (or by the socket closing)
+        self.told: tuple[int | None, int | None] = (None, None)  # the place in line it was last sent (position_feed)
 
     def live(self, seq: int, frame: bytes) -> bool:
         """A live event: kept while catching up; True when it is to be written now."""
@@ -48,7 +50,7 @@ class JobWatch:
             return False
         if seq <= self.last_seq:
             return False
-        self.last_seq = seq
+        self.last_seq, self.told = seq, (None, None)  # a new state: its place, if queued, is told anew
         return True
 
     def resync(self) -> bool:
@@ -58,6 +60,12 @@ class JobWatch:
             return False
         self.buffer = []
         return True
+
+
+class Placing(Protocol):
+    """Where a queued job stands in line (:class:`s2s.web.position_feed.PositionFeed`)."""
+
+    async def fields_of(self, job_id: str, seq: int) -> dict: ...
 
 
 class Catching(Protocol):
@@ -74,15 +82,18 @@ class Catching(Protocol):
         """Catch-up cannot go on: close so that the client resubscribes with lastSeq."""
 
 
-async def first_frames(reads: SharedReads, job_id: str, last_seq: int | None, base_url: str) -> list[dict] | None:
-    """What a new subscriber missed: the current state, or the kept events after ``last_seq``; None: no job."""
+async def first_frames(reads: SharedReads, job_id: str, last_seq: int | None, base_url: str,
+                       places: Placing | None = None) -> list[dict] | None:
+    """What a new subscriber missed: the current state (a queued job's with its place in line, from ``places``),
+    or the kept events after ``last_seq``; None: no job."""
     job, kept = await reads.job_and_events(job_id, last_seq)
     if job is None:
         return None
-    if last_seq is None:
-        return [events.state_frame(job, base_url)]
-    if job.seq > last_seq and (not kept or kept[0]["seq"] > last_seq + 1):
-        return [events.state_frame(job, base_url)]  # the log no longer reaches back: say where it stands
+    if last_seq is None or (job.seq > last_seq and (not kept or kept[0]["seq"] > last_seq + 1)):
+        frame = events.state_frame(job, base_url)  # with lastSeq: the log no longer reaches back, say where it stands
+        if places is not None and job.status is JobStatus.QUEUED:
+            frame.update(await places.fields_of(job_id, job.seq))
+        return [frame]
     return kept
 
 
@@ -96,6 +107,7 @@ async def catch_up(socket: Catching, reads: SharedReads, job_id: str, watch: Job
         for frame in missed:
             if frame["seq"] > watch.last_seq:
                 watch.last_seq = frame["seq"]
+                watch.told = (frame.get("queuePosition"), frame.get("etaSeconds"))
                 socket.send(events.encode(events.with_base_url(frame, socket.base_url)))
         if not watch.stale or socket.jobs.get(job_id) is not watch:
             break

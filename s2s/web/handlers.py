@@ -32,6 +32,7 @@ log = logging.getLogger("s2s.api")
 
 JOB_ID = rf"(?P<job_id>{JOB_ID_PATTERN})"  # a route segment; the handler gets it as job_id
 HEALTH_PROBE_S = 0.8  # health answers within a second, Redis or not: the probe gets this, the answer the rest
+PREFLIGHT_HEADERS = "Content-Type, Idempotency-Key, Authorization, Last-Event-ID"  # what a browser may send
 _STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                  429: "rate_limited", 500: "internal_error", 503: "unavailable"}
@@ -79,7 +80,7 @@ class ApiHandler(tornado.web.RequestHandler):
     def options(self, *args, **kwargs) -> None:
         """CORS preflight: which methods and headers a browser may use here."""
         self.set_header("Access-Control-Allow-Methods", self._allowed_methods())
-        self.set_header("Access-Control-Allow-Headers", "Content-Type, Idempotency-Key, Authorization")
+        self.set_header("Access-Control-Allow-Headers", PREFLIGHT_HEADERS)
         self.set_header("Access-Control-Max-Age", "600")
         self.set_status(204)
         self.clear_header("Content-Type")
@@ -151,15 +152,19 @@ class ApiHandler(tornado.web.RequestHandler):
 
 
 @describe("/api/jobs/{jobId}/status", get=operation(
-    "getJobStatus", "jobs", "A job's status, progress and, once completed, where its picture is",
+    "getJobStatus", "jobs", "A job's status, progress, place in line and, once completed, where its picture is",
     {200: answer("Job", "The job.", headers=NO_STORE), 404: "JobNotFound", 503: "RedisUnavailable"}))
 class JobStatusHandler(ApiHandler):
     async def get(self, job_id: str) -> None:
         job = await self.ctx.queue.get(job_id)
         if job is None:
             return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+        body = job.to_json(self.base_url())
+        if job.status is JobStatus.QUEUED:
+            place = await self.ctx.queue.line.place(job_id)
+            body.update(place.fields() if place.queued else {"queuePosition": None, "etaSeconds": None})
         self.set_header("Cache-Control", "no-store")
-        self.answer(job.to_json(self.base_url()))
+        self.answer(body)
 
 
 @describe("/api/jobs/{jobId}/image", get=lambda settings, catalog: operation(

@@ -56,7 +56,9 @@ class ProcessMetrics:
 
     async def report(self) -> None:
         sockets = len(self.live.sockets) if self.live is not None else 0
-        await self.cluster.send(self.delivered, ProcessGauges(self.id, {"sockets": sockets}, PROCESS_TTL_S))
+        streams = len(self.live.streams) if self.live is not None else 0
+        await self.cluster.send(self.delivered, ProcessGauges(self.id, {"sockets": sockets, "streams": streams},
+                                                              PROCESS_TTL_S))
 
     async def _report_loop(self) -> None:
         failing = False

@@ -24,7 +24,7 @@ from s2s.catalog import Catalog
 from s2s.models import JOB_ID_PATTERN, JobStatus
 from s2s.settings import Settings
 from s2s.web.describe import COUNT, answer, describe, error, operation, ref
-from s2s.web.handlers import ApiHandler
+from s2s.web.handlers import PREFLIGHT_HEADERS, ApiHandler
 from s2s.web.webhooks import openapi_webhooks
 
 JOB_ID_ANCHORED = f"^{JOB_ID_PATTERN}$"  # the pattern the routes and /ws frames enforce, whole
@@ -82,7 +82,8 @@ def build(settings: Settings, catalog: Catalog, handlers: Iterable[type]) -> dic
             "summary": "Queue illustrated storybook pictures of a child's photo and follow their progress.",
             "description": (
                 "Submit a photo with `POST /api/jobs/generate-image` (202 at once), then follow the job with "
-                "`GET /api/jobs/{jobId}/status` or live on the WebSocket `/ws`, and fetch the picture from "
+                "`GET /api/jobs/{jobId}/status` or live on the WebSocket `/ws` (or as Server-Sent Events from "
+                "`GET /api/jobs/{jobId}/stream`), and fetch the picture from "
                 "`result.imageUrl`.\n\nEvery error is JSON `{\"error\": \"<sentence>\", \"code\": "
                 "\"<machine_code>\", \"details\"?: {...}}`, never an HTML page; the codes each answer can carry "
                 "are listed with it. Answers may gain fields over time: clients ignore the ones they do not "
@@ -190,7 +191,7 @@ def _preflight(path: str, item: dict) -> dict:
             "headers": {
                 "Access-Control-Allow-Methods": {"required": True, "schema": {"type": "string", "const": methods}},
                 "Access-Control-Allow-Headers": {"required": True, "schema": {
-                    "type": "string", "const": "Content-Type, Idempotency-Key, Authorization"}},
+                    "type": "string", "const": PREFLIGHT_HEADERS}},
                 "Access-Control-Max-Age": {"required": True, "schema": {"type": "integer", "const": 600}},
             },
         }},
@@ -297,6 +298,13 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                 "error": {"type": "string", "description": "Why it failed: a sentence a person can read."},
                 "errorCode": {"type": "string"},
                 "lastError": {"type": "string", "description": "Why the previous attempt failed (a retry is due)."},
+                "queuePosition": _nullable("integer", minimum=1, description=(
+                    "While queued: the place in line, 1 = starts next; null when not in line (a retry waiting "
+                    "out its backoff, see `retryAt`).")),
+                "etaSeconds": _nullable("integer", minimum=1, description=(
+                    "While queued: about how many seconds until the picture is ready, from the live workers' "
+                    "slots and recent run times; null when it cannot be estimated honestly (no live worker, no "
+                    "run time recorded yet, the queue paused).")),
             },
             "allOf": [
                 {"if": {"properties": {"status": {"const": "completed"}}},
@@ -320,6 +328,8 @@ def _schemas(settings: Settings, catalog: Catalog) -> dict:
                     "imageUrl": {"type": "string", "format": "uri-reference"}}},
                 "error": {"type": "string"},
                 "code": {"type": "string"},
+                "queuePosition": _nullable("integer", minimum=1, description="While queued, as in the status."),
+                "etaSeconds": _nullable("integer", minimum=1, description="While queued, as in the status."),
             },
         },
         "QueueCounts": {"type": "object", "required": list(counts), "properties": counts},

@@ -47,7 +47,7 @@ class WorkersHandler(ApiHandler):
 
 
 @describe("/api/jobs", get=operation(
-    "listJobs", "operator", "The newest jobs in one state (waiting: in the order they will run)",
+    "listJobs", "operator", "The newest jobs in one state (waiting: in the order they will run, with queuePosition)",
     parameters=[{"name": "state", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": list(JOB_STATES), "default": "active"}},
                 {"name": "limit", "in": "query", "required": False,
@@ -70,8 +70,11 @@ class JobListHandler(ApiHandler):
         if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 500:  # not isdigit(): "²"
             return self.fail(400, "invalid_limit", "limit must be a whole number from 1 to 500.",
                              {"field": "limit"})
-        jobs = await self.ctx.queue.overview.list_jobs(state, int(raw_limit))
-        self.answer({"state": state, "jobs": [job.to_json(self.base_url()) for job in jobs]})
+        jobs = [job.to_json(self.base_url()) for job in await self.ctx.queue.overview.list_jobs(state, int(raw_limit))]
+        if state == "waiting":  # listed in line order: the place in line is the row's
+            for position, job in enumerate(jobs, 1):
+                job["queuePosition"] = position
+        self.answer({"state": state, "jobs": jobs})
 
 
 @describe("/api/jobs/{jobId}/events", get=operation(

@@ -25,8 +25,8 @@ from s2s.uploads import InputError
 
 MB = 1024 * 1024
 #: Decode room a submit takes before its header is known, so the usual photo is read and decoded in one
-#: trip to a decode process: a 4000x3000 JPEG (decoded at 1/2 scale, shrunk to 1536 px) needs 49 MB.
-USUAL_DECODE = 64 * MB
+#: trip to a decode process: a 4000x3000 JPEG (decoded at 1/4 scale, 1000x750) needs 18 MB.
+USUAL_DECODE = 24 * MB
 DECODE_NICENESS = 10
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 

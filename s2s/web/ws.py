@@ -34,6 +34,7 @@ from s2s.web import frames, tornado_internals
 from s2s.web.access import bearer_token, check_operator, origin_allowed
 from s2s.web.catch_up import JobWatch, catch_up, first_frames, report_failure
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
+from s2s.web.position_feed import PositionFeed
 from s2s.web.stats_feed import StatsFeed
 from s2s.web.subscribing import Overloaded, Stalled, Subscriptions, retry_after_ms
 from s2s.web.tornado_internals import Written
@@ -54,19 +55,27 @@ class WsContext:
     queue: Queue
     actors: LiveActors
     sockets: set = field(factory=set)
+    streams: set = field(factory=set)  # the open SSE streams (s2s.web.stream)
     per_client: Counter = field(factory=Counter)  # open sockets by client address (S2S_MAX_SOCKETS_PER_CLIENT)
     stats: StatsFeed = field(default=Factory(lambda self: StatsFeed(self.queue), takes_self=True))
+    positions: PositionFeed = field(default=Factory(lambda self: PositionFeed(self.queue.line), takes_self=True))
     subscriptions: Subscriptions = field(default=Factory(lambda self: Subscriptions(
         self.queue, self.actors.registry, self.actors.progress, self.settings.ws_max_pending_subscribes),
         takes_self=True))
 
     def close_all(self, reason: str = "The server is restarting; reconnect and resubscribe with lastSeq.") -> None:
         self.stats.stop()
+        self.positions.stop()
         for socket in list(self.sockets):
             socket.close(1001, reason)
+        for stream in list(self.streams):
+            stream.interrupted()  # the browser reconnects (elsewhere) with Last-Event-ID
 
 
 class JobSocket(tornado.websocket.WebSocketHandler):
+    framing = staticmethod(events.websocket_frame)  # how the registry frames this socket's events
+    place_framing = staticmethod(events.wire)  # and the place-in-line feed its places
+
     def initialize(self, live: WsContext) -> None:
         self.live = live
         self.client_id = ""
@@ -163,7 +172,8 @@ class JobSocket(tornado.websocket.WebSocketHandler):
             watch.confirmed = None
             if self.jobs.get(job_id) is not watch:
                 return  # the socket closed meanwhile
-            first = await first_frames(subscriptions.reads, job_id, command.last_seq, self.base_url)
+            first = await first_frames(subscriptions.reads, job_id, command.last_seq, self.base_url,
+                                       self.live.positions)
         except (pykka.ActorDeadError, Stalled, asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
             log.warning("subscribe failed", extra={"client": self.client_id, "job": job_id, "error": repr(exc)})
             self.unsubscribe(job_id)
@@ -178,6 +188,8 @@ class JobSocket(tornado.websocket.WebSocketHandler):
             self.unsubscribe(job_id)
             return self.send(frames.error_frame(FrameError(
                 "job_not_found", f"No job {job_id!r} (it may have expired).", job_id)))
+        if first and first[-1]["type"] == "job_progress":  # not ended: told its place in line while queued
+            self.live.positions.track(self, job_id)
         await catch_up(self, subscriptions.reads, job_id, watch, first)
 
     def subscribe_stats(self, command: SubscribeStats) -> None:

@@ -3,7 +3,7 @@
  * Everything it shows comes from the server: the choices from GET /api/catalog,
  * the progress messages from the job's events, the errors as the server words them.
  */
-import { createImageGeneration } from "./s2s-client.js";
+import { createImageGeneration, describePlace } from "./s2s-client.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("generate-form");
@@ -41,6 +41,9 @@ function render(state) {
     const words = job.status === "completed" ? STATUS.completed : job.message || STATUS[job.status] || "";
     $("status").textContent = job.status === "failed" || job.status === "cancelled" ? "Stopped." : `${job.progress ?? 0}% · ${words}`;
   }
+  const place = describePlace(job); // "3rd in line, about 40 s" while queued
+  $("place").hidden = !place;
+  $("place").textContent = place;
   $("connection").textContent = CONNECTION[state.connection];
 
   $("delete-section").hidden = !job?.deleteToken;

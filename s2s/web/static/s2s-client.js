@@ -5,8 +5,9 @@
  * After a dropped socket it reconnects with backoff and resubscribes with `lastSeq`, so it
  * gets exactly the events it missed; a server that says it is busy (an error frame with
  * `retryAfterMs`, or close code 1013 Try Again Later) is left alone at least that long, jittered;
- * where WebSockets cannot be used it polls the job's
- * status URL instead. The shape is the original service's `useImageGeneration` hook:
+ * where WebSockets cannot be used (a proxy refuses the upgrade) it follows the job's Server-Sent
+ * Events (GET /api/jobs/<id>/stream, resumed after the last `seq` seen), and where those fail too
+ * it polls the job's status URL instead. The shape is the original service's `useImageGeneration` hook:
  *
  *   import { createImageGeneration } from "https://api.example.com/static/s2s-client.js";
  *   const gen = createImageGeneration({ baseUrl: "https://api.example.com",
@@ -33,6 +34,10 @@ const SUBMIT_TRIES = 3; // a POST lost to the network is sent again with the sam
  * @property {{imageUrl: string}} [result]  once completed
  * @property {string} [error]  once failed: a sentence a person can read
  * @property {number} [seq]  the last event applied (rises by one per event of the job)
+ * @property {number|null} [queuePosition]  while queued: the place in line, 1 = starts next (null: not in line,
+ *   a retry waiting out its backoff)
+ * @property {number|null} [etaSeconds]  while queued: about how long until the picture is ready (null: the
+ *   server cannot estimate it honestly, e.g. no worker is running or the queue is paused)
  * @property {string} [deleteToken]  the job's key to {@link ImageGeneration#deleteJob}, from the submission's
  *   answer (the server shows it only there: keep it, e.g. in localStorage, to delete after a reload)
  */
@@ -96,12 +101,14 @@ export class ImageGeneration {
    * @param {(error: {error: string, code: string, jobId?: string}) => void} [options.onFailed]
    *   a refused submission, a failed or a cancelled job
    * @param {(state: State) => void} [options.onChange]  every state change (or use subscribe)
-   * @param {typeof WebSocket|null} [options.WebSocket]  default the browser's; null: poll only
+   * @param {typeof WebSocket|null} [options.WebSocket]  default the browser's; null: no socket (events, then polling)
+   * @param {typeof EventSource|null} [options.EventSource]  default the browser's; null: after sockets, poll
    * @param {number} [options.pollIntervalMs=1500]  status polling period when sockets are unavailable
    * @param {number} [options.reconnectBaseMs=500]  first reconnect delay; doubles per try, jittered
    * @param {number} [options.reconnectMaxMs=10000]  longest reconnect delay
    * @param {number} [options.tryAgainLaterMs=2000]  least wait after close code 1013 (Try Again Later), jittered
-   * @param {number} [options.maxFailedOpens=3]  sockets that never open in a row before polling instead
+   * @param {number} [options.maxFailedOpens=3]  sockets (then event streams) that never open in a row before
+   *   the next way of following a job: WebSocket, then Server-Sent Events, then polling
    * @param {number} [options.heartbeatMs=20000]  ping period; a socket silent for two is dropped
    */
   constructor(options = {}) {
@@ -111,6 +118,7 @@ export class ImageGeneration {
     this.wsUrl = ws.href;
     this.callbacks = options;
     this.WebSocket = options.WebSocket === undefined ? globalThis.WebSocket : options.WebSocket;
+    this.EventSource = options.EventSource === undefined ? globalThis.EventSource : options.EventSource;
     this.pollIntervalMs = options.pollIntervalMs ?? 1500;
     this.reconnectBaseMs = options.reconnectBaseMs ?? 500;
     this.reconnectMaxMs = options.reconnectMaxMs ?? 10000;
@@ -178,7 +186,7 @@ export class ImageGeneration {
     this._set({ isGenerating: true, error: null, errorCode: null });
     return new Promise((resolve) => {
       this.watch = { jobId, lastSeq: -1, socket: null, timer: null, heartbeat: null, attempts: 0, failedOpens: 0, ended: false, resolve };
-      this.WebSocket ? this._connect(this.watch) : this._poll(this.watch);
+      this.WebSocket ? this._connect(this.watch) : this._withoutSockets(this.watch);
     });
   }
 
@@ -313,7 +321,7 @@ export class ImageGeneration {
     socket.onclose = socket.onmessage = socket.onopen = null;
     if (socket.readyState <= 1) socket.close();
     if (watch.ended) return;
-    if (!opened && ++watch.failedOpens >= this.maxFailedOpens) return this._poll(watch);
+    if (!opened && ++watch.failedOpens >= this.maxFailedOpens) return this._withoutSockets(watch);
     this._set({ connection: "reconnecting" });
     const delay = Math.max(this._backoff(watch.attempts++), retryAfterMs * (1 + Math.random() / 2));
     watch.timer = setTimeout(() => watch.ended || this._connect(watch), delay);
@@ -322,6 +330,64 @@ export class ImageGeneration {
   _backoff(attempt) {
     const delay = Math.min(this.reconnectMaxMs, this.reconnectBaseMs * 2 ** attempt);
     return delay / 2 + Math.random() * delay / 2;
+  }
+
+  // ---- following a job over Server-Sent Events (GET /stream), where sockets cannot be used ---------
+
+  /** Sockets never open here: the job's event stream if the browser has EventSource, else polling. */
+  _withoutSockets(watch) {
+    watch.failedOpens = 0;
+    watch.attempts = 0;
+    return this.EventSource ? this._stream(watch) : this._poll(watch);
+  }
+
+  /**
+   * One EventSource on the job's stream, from the last `seq` applied. Once it has opened, the browser itself
+   * reconnects after a drop (with Last-Event-ID, so nothing is missed or repeated); when it gives up (an answer
+   * that is no stream: 404, 429, 503) or never opened, a new one is made with backoff, or after
+   * `maxFailedOpens` that never opened, polling.
+   */
+  _stream(watch) {
+    const url = new URL(`${this.apiUrl}/api/jobs/${encodeURIComponent(watch.jobId)}/stream`);
+    if (watch.lastSeq >= 0) url.searchParams.set("lastEventId", String(watch.lastSeq));
+    let opened = false;
+    const source = new this.EventSource(url.href);
+    watch.source = source;
+    this._set({ connection: watch.attempts ? "reconnecting" : "connecting" });
+    source.onopen = () => {
+      opened = true;
+      watch.failedOpens = 0;
+      this._set({ connection: "live" });
+    };
+    source.onmessage = (event) => this._onStreamEvent(watch, event.data);
+    source.onerror = () => {
+      // never opened (refused, cut, no stream): a failed open; open and dropped: the browser reconnects by itself
+      if (!opened || source.readyState === source.CLOSED) return this._streamGone(watch, source, opened);
+      if (!watch.ended) this._set({ connection: "reconnecting" });
+    };
+  }
+
+  _onStreamEvent(watch, data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (frame.jobId !== watch.jobId || !JOB_FRAMES.has(frame.type)) return;
+    watch.attempts = 0;
+    this._apply(watch, frame);
+  }
+
+  _streamGone(watch, source, opened) {
+    if (watch.source !== source) return;
+    watch.source = null;
+    source.onopen = source.onmessage = source.onerror = null;
+    source.close();
+    if (watch.ended) return;
+    if (!opened && ++watch.failedOpens >= this.maxFailedOpens) return this._poll(watch);
+    this._set({ connection: "reconnecting" });
+    watch.timer = setTimeout(() => watch.ended || this._stream(watch), this._backoff(watch.attempts++));
   }
 
   // ---- following a job by polling GET /status ------------------------------------------------------
@@ -347,12 +413,15 @@ export class ImageGeneration {
   /** Apply an event or a status snapshot once (by `seq`), and tell the callbacks. */
   _apply(watch, update) {
     if (watch.ended) return;
+    if (typeof update.seq !== "number" || update.seq <= watch.lastSeq) {
+      if ("queuePosition" in update) return this._applyPlace(watch, update);
+    }
     if (typeof update.seq === "number") {
       if (update.seq <= watch.lastSeq) return; // already applied: a catch-up may repeat what polling saw
       watch.lastSeq = update.seq;
     }
     const { type, jobId, ...fields } = update;
-    const job = { ...this.state.currentJob, ...fields, jobId: watch.jobId };
+    const job = placeOnlyIfTold({ ...this.state.currentJob, ...fields, jobId: watch.jobId }, fields);
     if (job.status === "completed") job.progress = 100;
     this._set({ currentJob: job });
     const { onProgress, onCompleted, onFailed } = this.callbacks;
@@ -370,6 +439,20 @@ export class ImageGeneration {
     onFailed?.(failure);
   }
 
+  /**
+   * A queued job's new place in line. It is no event: the server sends it over /ws without a `seq` (right
+   * after the event it belongs to), and polling reads it in status answers whose `seq` was already applied.
+   */
+  _applyPlace(watch, update) {
+    const job = this.state.currentJob;
+    if (watch.ended || !job || job.status !== "queued" || update.status !== "queued") return;
+    if (typeof update.seq === "number" && update.seq !== watch.lastSeq) return; // about an older state
+    if (job.queuePosition === update.queuePosition && job.etaSeconds === update.etaSeconds) return;
+    const placed = { ...job, queuePosition: update.queuePosition ?? null, etaSeconds: update.etaSeconds ?? null };
+    this._set({ currentJob: placed });
+    this.callbacks.onProgress?.(placed);
+  }
+
   /** Stop every timer and socket of `watch` and resolve its promise. */
   _finish(watch) {
     if (watch.ended) return;
@@ -382,8 +465,18 @@ export class ImageGeneration {
       socket.onclose = socket.onmessage = socket.onopen = null;
       socket.close(1000);
     }
+    this._closeStream(watch);
     if (this.watch === watch) this.watch = null;
     watch.resolve(this.state.currentJob);
+  }
+
+  _closeStream(watch) {
+    const source = watch.source;
+    watch.source = null;
+    if (source) {
+      source.onopen = source.onmessage = source.onerror = null;
+      source.close();
+    }
   }
 
   _set(changes) {
@@ -391,6 +484,31 @@ export class ImageGeneration {
     this.callbacks.onChange?.(this.state);
     for (const listener of this.listeners) listener();
   }
+}
+
+/** A place in line holds only for the state it was told with: an event that does not carry one drops it. */
+function placeOnlyIfTold(job, fields) {
+  if (!("queuePosition" in fields) || job.status !== "queued") {
+    delete job.queuePosition;
+    delete job.etaSeconds;
+  }
+  return job;
+}
+
+/**
+ * Say a queued job's place as a person would: "3rd in line, about 40 s" (or "3rd in line" without an estimate).
+ * @param {Job} job
+ * @returns {string} "" when the job is not queued or has no place in line
+ */
+export function describePlace(job) {
+  const position = job?.status === "queued" ? job.queuePosition : null;
+  if (!position) return "";
+  const tens = position % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[position % 10] || "th");
+  const place = position === 1 ? "Next in line" : `${position}${suffix} in line`;
+  const eta = job.etaSeconds;
+  if (!eta) return place;
+  return `${place}, about ${eta < 90 ? `${Math.max(5, Math.round(eta / 5) * 5)} s` : `${Math.round(eta / 60)} min`}`;
 }
 
 /**
