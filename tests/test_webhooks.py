@@ -350,3 +350,20 @@ def test_job_started_is_sent_too_when_the_deployment_asks(stack, receiver):
     assert bodies["job.started"].headers["webhook-id"] != bodies["job.completed"].headers["webhook-id"]
     assert all(verified(d)["data"]["jobId"] == job_id for d in receiver.deliveries)
     assert sorted(d["event"] for d in settled(url, job_id, "delivered")) == ["job.completed", "job.started"]
+
+
+@pytest.mark.drill
+def test_a_job_the_reaper_gives_up_on_is_told_as_failed(stack, receiver):
+    stack = hooks_stack(stack, receiver, max_attempts=1)
+    url = api(stack)
+    doomed = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=30000)
+    job_id = submit(url)
+    wait_until(lambda: status(url, job_id)["status"] == "processing", timeout=30, what="the job to start")
+    doomed.send_signal(signal.SIGKILL)  # on its last attempt: the reaper of the next worker fails the job
+    doomed.wait(5)
+    stack.worker(S2S_PROVIDER="noop")
+    wait_until(lambda: receiver.deliveries, timeout=40, what="the failed webhook")
+    (delivery,) = receiver.deliveries
+    body = verified(delivery)
+    assert body["type"] == "job.failed" and body["data"]["errorCode"] == "worker_lost"
+    assert body["data"] == wait_ended(url, job_id)
