@@ -37,7 +37,9 @@ setup(
                  "syrupy>=5", "PyYAML>=6",
                  "schemathesis>=4.30,<5",  # tests/test_openapi.py (engine API and config); 4.30 is the last for 3.10
                  "playwright>=1.49",  # drives the system's chromium (tests/test_browser.py); no `playwright install`
-                 "moto[server]>=5.0"],  # tests/fakes/s3_server.py runs moto_server: a real S3 API on 127.0.0.1
+                 "moto[server]>=5.0",  # tests/fakes/s3_server.py runs moto_server: a real S3 API on 127.0.0.1
+                 "standardwebhooks>=1.1",  # tests/test_webhooks.py: receivers verify with the reference package
+                 "jsonschema>=4.18"],  # tests/test_webhooks.py: a delivered body against its OpenAPI schema
     },
     entry_points={"console_scripts": ["s2s=s2s.cli:main", "s2s-tui=tui.app:main"]},
 )

@@ -36,12 +36,15 @@ class NewJob:
     kind: str
     photo: bytes
     photo_type: str  # image/jpeg, image/png, image/webp
+    webhook_url: str | None = None  # the submit's webhookUrl (S2S_WEBHOOK_PER_JOB), checked before queueing
 
     def fingerprint(self) -> str:
         """What makes two submissions the same request (for Idempotency-Key)."""
         h = hashlib.sha256()
         for part in (self.hero_name, self.theme_id, self.style_key, self.kind, self.photo_type):
             h.update(part.encode() + b"\0")
+        if self.webhook_url is not None:  # only then: the fingerprints of jobs without one are unchanged
+            h.update(b"webhookUrl\0" + self.webhook_url.encode() + b"\0")
         h.update(self.photo)
         return h.hexdigest()[:32]
 

@@ -92,6 +92,33 @@ class Keys:
         digest = hashlib.sha256(client.encode() + b"\0" + key.encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
 
+    # --- webhooks (s2s/webhooks/; the Lua in s2s/lua/_webhooks.lua builds the same names from the job key) ---
+    def job_webhooks(self, job_id: str) -> str:
+        """LIST of the job's webhook deliveries (their webhook-ids), oldest first."""
+        return f"{self.prefix}:job:{job_id}:webhooks"
+
+    @property
+    def webhook_due(self) -> str:
+        """ZSET webhook-id -> when its next attempt is due (ms); a leased delivery is pushed past its lease."""
+        return f"{self.prefix}:webhooks:due"
+
+    @property
+    def webhook_prefix(self) -> str:
+        return f"{self.prefix}:webhook:"
+
+    def webhook(self, msg_id: str) -> str:
+        """HASH: one delivery (job, event, URL, state, attempts, fence, the body once built), for the retention time."""
+        return self.webhook_prefix + msg_id
+
+    def webhook_log(self, msg_id: str) -> str:
+        """LIST of JSON attempts of one delivery (attempt, time, outcome, status, error), bounded."""
+        return self.webhook_prefix + msg_id + ":log"
+
+    @property
+    def webhook_disabled(self) -> str:
+        """HASH URL -> JSON reason (time, status, webhook-id): URLs that answered 410 Gone get nothing more."""
+        return f"{self.prefix}:webhooks:disabled"
+
     # --- API limits ---
     def submits(self, client: str) -> str:
         """ZSET submit token -> time (ms): one client's accepted submits in the last minute."""

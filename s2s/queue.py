@@ -33,6 +33,7 @@ from s2s.redis_memory import StoreMemory
 from s2s.replies import text
 from s2s.settings import Settings
 from s2s.storage import BlobStore, job_blob, open_store
+from s2s.webhooks import store as webhook_store
 
 log = logging.getLogger("s2s.queue")
 
@@ -98,7 +99,8 @@ class Queue:
         photo_key = job_blob(job_id, "photo")
         fields = ["heroName", job.hero_name, "themeId", job.theme_id, "styleKey", job.style_key, "kind", job.kind,
                   "inputType", job.photo_type, "maxAttempts", self.settings.max_attempts, "photo", photo_key,
-                  "deleteHash", deletion.token_digest(token), *(["idemKey", idem_key] if idempotency else [])]
+                  "deleteHash", deletion.token_digest(token), *(["idemKey", idem_key] if idempotency else []),
+                  *webhook_store.job_fields(job.webhook_url, self.settings)]
         # the Idempotency-Key's entry (s2s/deletion.py): the request's fingerprint and the sealed token
         entry = deletion.entry(job.fingerprint(), token, idempotency, job_id) if idempotency else ""
         await self.blobs.put(photo_key, job.photo, ttl_s=self.photo_ttl_s, content_type=job.photo_type)

@@ -4,7 +4,8 @@ Every state change of a job is one script, so it is atomic: a job is always in
 exactly one of waiting, processing (leased), delayed, completed, failed or
 cancelled, and stats are exact. The submit limits (admit) and the providers'
 shared rate limits (rate_*) are scripts too; each script is prefixed with the
-library files: _lib.lua, the one copy of Redis's clock and of the sliding window,
+library files: _webhooks.lua, the recording of a job's webhook by the scripts that
+end (or start) it; _lib.lua, the one copy of Redis's clock and of the sliding window;
 and _run_times.lua, the recent run times the queue's ETA is made of.
 """
 
@@ -19,10 +20,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-LIBRARIES = ("_lib", "_run_times")  # prepended to every script, in this order
+LIBRARIES = ("_webhooks", "_lib", "_run_times")  # prepended to every script, in this order (_lib uses _webhooks)
 _LIB = "\n".join(resources.files("s2s.lua").joinpath(f"{name}.lua").read_text() for name in LIBRARIES)
 NAMES = ("enqueue", "claim", "extend", "progress", "complete", "fail", "release", "reap", "stats", "cancel",
-         "retry", "upstream", "admit", "rate_acquire", "rate_renew", "rate_pause", "delete", "places")
+         "retry", "upstream", "admit", "rate_acquire", "rate_renew", "rate_pause", "delete", "places",
+         "webhook_claim", "webhook_settle", "webhook_redeliver")
 
 
 class Script:

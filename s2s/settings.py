@@ -7,6 +7,7 @@ variable and the rule (:class:`SettingsError`).
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -117,6 +118,33 @@ def _bool(name: str, raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise SettingsError(f"{name}={raw!r}: must be true or false")
+
+
+def _webhook_secrets(name: str, raw: str) -> tuple[str, ...]:
+    """``whsec_<base64>`` secrets, space or comma separated: each signs every delivery (rotation)."""
+    found = tuple(part for part in raw.replace(",", " ").split() if part)
+    for secret in found:
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not secret.startswith("whsec_") or len(key) < 16:
+            raise SettingsError(f"{name}: each secret is whsec_ and the base64 of at least 16 random bytes")
+    return found
+
+
+def _hosts(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower().strip("[]") for h in raw.replace(",", " ").split() if h.strip())
+
+
+def _seconds_list(name: str, raw: str) -> tuple[float, ...]:
+    try:
+        found = tuple(float(part) for part in raw.replace(",", " ").split())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: must be seconds separated by commas, e.g. 5,300,1800") from None
+    if not found or any(v < 0 for v in found):
+        raise SettingsError(f"{name}={raw!r}: must be one or more seconds, none negative")
+    return found
 
 
 def _env(var: str, parse: Callable[[str, str], object], default: object, doc: str, *, secret: bool = False):
@@ -256,6 +284,23 @@ class Settings:
     qwen_rpm: int = _env("S2S_QWEN_RPM", _int(0), 60, "Qwen requests per minute, shared by every worker (0: no limit)")
     qwen_concurrency: int = _env("S2S_QWEN_CONCURRENCY", _int(0), 2,
                                  "Qwen calls in flight at once, across every worker (0: no limit)")
+    webhook_url: str | None = _env("S2S_WEBHOOK_URL", _optional_url, None,
+                                   "where every job's end is sent as a signed webhook (with S2S_WEBHOOK_SECRET)")
+    webhook_secret: tuple[str, ...] = _env("S2S_WEBHOOK_SECRET", _webhook_secrets, (),
+                                           "whsec_ secret(s) signing webhooks, space separated to rotate; "
+                                           "unset: no webhooks", secret=True)
+    webhook_hosts: tuple[str, ...] = _env("S2S_WEBHOOK_HOSTS", _hosts, (),
+                                          "webhook hosts allowed on plain http and private or loopback addresses")
+    webhook_per_job: bool = _env("S2S_WEBHOOK_PER_JOB", _bool, False,
+                                 "accept a per-job webhookUrl in the submit body (instead of S2S_WEBHOOK_URL)")
+    webhook_started: bool = _env("S2S_WEBHOOK_STARTED", _bool, False,
+                                 "also send job.started when a worker begins a job (each attempt)")
+    webhook_timeout_s: int = _env("S2S_WEBHOOK_TIMEOUT_S", _int(1, 60), 15, "longest one webhook attempt may take")
+    webhook_concurrency: int = _env("S2S_WEBHOOK_CONCURRENCY", _int(1, 100), 8,
+                                    "webhook deliveries one worker process makes at once")
+    webhook_retry_s: tuple[float, ...] = _env(
+        "S2S_WEBHOOK_RETRY_S", _seconds_list, (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
+        "seconds before each webhook retry, jittered (Standard Webhooks' schedule), capped by the retention")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env",
@@ -301,7 +346,7 @@ class Settings:
             value = getattr(self, a.name)
             if value is None:
                 continue
-            out[a.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
+            out[a.metadata["env"]] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         return out
 
 

@@ -74,6 +74,7 @@ class Submission:
     kind: str
     photo: bytes
     declared_type: str | None
+    webhook_url: str | None = None  # shape only here: where it may point is checked by s2s.webhooks.destinations
 
 
 @frozen
@@ -172,9 +173,12 @@ def read_submission(chunks: list[bytes], catalog: Catalog, *, max_bytes: int) ->
     data = parse_body(b"".join(chunks))
     chunks.clear()
     hero, theme, style, kind, image = check_fields(data, catalog)
+    webhook_url = data.get("webhookUrl")
+    if webhook_url is not None and not isinstance(webhook_url, str):
+        raise _field_error("webhookUrl", "must be a string (a URL)")
     data.clear()
     photo, declared = _payload(image, max_bytes=max_bytes)
-    return Submission(hero, theme, style, kind, photo, declared)
+    return Submission(hero, theme, style, kind, photo, declared, webhook_url)
 
 
 def decode_cost(data: bytes, max_pixels: int) -> int:
@@ -209,7 +213,8 @@ def finish_job(submission: Submission, *, max_pixels: int) -> NewJob:
     """Decode and prepare the photo of a read submission: the job to queue. Raises :class:`InputError`."""
     photo = _photo(submission.photo, submission.declared_type, max_pixels)
     return NewJob(hero_name=submission.hero_name, theme_id=submission.theme_id, style_key=submission.style_key,
-                  kind=submission.kind, photo=photo.data, photo_type=photo.content_type)
+                  kind=submission.kind, photo=photo.data, photo_type=photo.content_type,
+                  webhook_url=submission.webhook_url)
 
 
 def _payload(value: str, *, max_bytes: int) -> tuple[bytes, str | None]:

@@ -32,6 +32,7 @@ from s2s.providers.health import ProviderHealth
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.storage import BlobStore
+from s2s.webhooks import delivery as webhook_delivery
 
 log = logging.getLogger("s2s.worker")
 
@@ -94,7 +95,8 @@ class Worker:
         await self._heartbeat_once()
         helpers = [asyncio.ensure_future(self._heartbeat_loop()),
                    asyncio.ensure_future(chores.follow_commands(self.queue, self.id, self._stop, self._wake)),
-                   asyncio.ensure_future(chores.sweep_blobs(self.queue, self.blobs, self.id))]
+                   asyncio.ensure_future(chores.sweep_blobs(self.queue, self.blobs, self.id)),
+                   *webhook_delivery.tasks(self.settings, self.queue, self.metrics.counts)]  # s2s/webhooks/
         fetcher = asyncio.ensure_future(self._fetch_loop())
         try:
             while not self._draining:

@@ -245,7 +245,7 @@ def test_without_the_right_token_operator_endpoints_refuse_as_described(stack):
     delete = "DELETE /api/jobs/{jobId}"  # the job's own token opens it, the operator's too (when set)
     assert "GET /metrics" in unauthorised and "GET /metrics" not in disabled
     assert delete in unauthorised and delete not in disabled
-    assert len(disabled) == len(unauthorised) - 2 == 8
+    assert len(disabled) == len(unauthorised) - 2 == 10
     for operation, seen in unauthorised.items():
         assert 401 in seen and not {200, 202, 204} & seen, operation
     seen = wrong.pop(delete)  # only unknown ids here: 404 (a known job's wrong token is 403: tests/test_delete.py)

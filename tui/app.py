@@ -151,6 +151,13 @@ class ConsoleApp(App[None]):
         self.confirm(f"Retry {count} failed job(s)? Each is queued again with fresh attempts.", "Retry all",
                      self._retry_failed)
 
+    def action_redeliver_webhooks(self) -> None:
+        job = self.selected_job()
+        if job is None:
+            return self.show_outcome(ActionOutcome("Select a job first.", ok=False))
+        self.confirm(f"Send the webhooks of job {job.job_id} again? The receiver gets the same webhook-id; a URL "
+                     "disabled by a 410 is enabled again.", "Redeliver", lambda: self._redeliver(job.job_id))
+
     def action_show_job(self) -> None:
         job = self.main.selected_job
         if job is not None and not isinstance(self.screen, JobDetailScreen):
@@ -215,6 +222,10 @@ class ConsoleApp(App[None]):
     async def _retry(self, job_id: str) -> str:
         job = await self.source.retry(job_id)
         return f"Job {short_id(job_id)} is {job.status} again."
+
+    async def _redeliver(self, job_id: str) -> str:
+        count = await self.source.redeliver(job_id)
+        return f"Job {short_id(job_id)}: {count} webhook delivery(ies) scheduled again."
 
     async def _retry_failed(self) -> str:
         return retried_sentence(*await self.source.retry_failed())

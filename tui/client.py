@@ -18,7 +18,7 @@ from attrs import evolve, frozen
 
 from s2s.backoff import Backoff
 from s2s.models import StatsSnapshot
-from tui.model import JOB_STATES, JobDetail, JobEvent, JobInfo, WorkerInfo, merge_job_lists
+from tui.model import JOB_STATES, JobDetail, JobEvent, JobInfo, WebhookAttempt, WorkerInfo, merge_job_lists
 
 
 class ApiError(Exception):
@@ -53,6 +53,7 @@ class ConsoleSource(Protocol):
     async def cancel(self, job_id: str) -> JobInfo: ...
     async def retry(self, job_id: str) -> JobInfo: ...
     async def retry_failed(self) -> tuple[list[str], list[str]]: ...
+    async def redeliver(self, job_id: str) -> int: ...
 
 
 class ApiClient:
@@ -118,10 +119,20 @@ class ApiClient:
         return merge_job_lists(dict(zip(JOB_STATES, lists, strict=True)))
 
     async def job_detail(self, job_id: str) -> JobDetail:
-        status, events = await asyncio.gather(self.request("GET", f"/api/jobs/{job_id}/status"),
-                                              self.request("GET", f"/api/jobs/{job_id}/events"))
+        status, events, webhooks = await asyncio.gather(self.request("GET", f"/api/jobs/{job_id}/status"),
+                                                        self.request("GET", f"/api/jobs/{job_id}/events"),
+                                                        self._webhooks(job_id))
         return JobDetail(job=_parse(JobInfo.from_json, status),
-                         events=tuple(_parse(JobEvent.from_json, e) for e in events.get("events", ())))
+                         events=tuple(_parse(JobEvent.from_json, e) for e in events.get("events", ())),
+                         webhooks=_parse(WebhookAttempt.rows, webhooks))
+
+    async def _webhooks(self, job_id: str) -> dict:
+        try:
+            return await self.request("GET", f"/api/jobs/{job_id}/webhooks")
+        except ApiError as exc:
+            if exc.status == 404:  # an API from before webhooks: the detail shows without them
+                return {}
+            raise
 
     # ---- operator actions ------------------------------------------------------------------
     async def pause(self) -> None:
@@ -135,6 +146,11 @@ class ApiClient:
 
     async def retry(self, job_id: str) -> JobInfo:
         return _parse(JobInfo.from_json, await self.request("POST", f"/api/jobs/{job_id}/retry"))
+
+    async def redeliver(self, job_id: str) -> int:
+        """The job's ended webhook deliveries sent again: how many."""
+        body = await self.request("POST", f"/api/jobs/{job_id}/webhook/redeliver")
+        return int(body.get("redelivered", 0))
 
     async def retry_failed(self) -> tuple[list[str], list[str]]:
         """Every kept failed job queued again: (retried ids, ids whose photo had expired)."""

@@ -176,9 +176,38 @@ class JobEvent:
 
 
 @frozen
+class WebhookAttempt:
+    """One row of a job's webhook log (GET /api/jobs/<id>/webhooks): an attempt, or a delivery not tried yet."""
+
+    webhook_id: str
+    event: str
+    state: str  # the delivery's: pending, delivered, failed, disabled, skipped
+    attempt: int | None
+    at: float | None  # seconds since the epoch
+    outcome: str
+    status: int | None
+    error: str
+
+    @classmethod
+    def rows(cls, body: Mapping) -> tuple[WebhookAttempt, ...]:
+        out = []
+        for d in body.get("deliveries", ()):
+            head = (str(d.get("webhookId", "")), str(d.get("event", "")), str(d.get("state", "")))
+            log = d.get("attemptLog") or ()
+            for a in log:
+                out.append(cls(*head, attempt=int(a.get("attempt", 0)), at=a["at"] / 1000 if a.get("at") else None,
+                               outcome=str(a.get("outcome", "")), status=a.get("status"),
+                               error=str(a.get("error") or "")))
+            if not log:
+                out.append(cls(*head, attempt=None, at=None, outcome="not tried yet", status=None, error=""))
+        return tuple(out)
+
+
+@frozen
 class JobDetail:
     job: JobInfo
     events: tuple[JobEvent, ...]
+    webhooks: tuple[WebhookAttempt, ...] = ()
 
 
 def merge_job_lists(lists: Mapping[str, Iterable[JobInfo]]) -> tuple[JobInfo, ...]:

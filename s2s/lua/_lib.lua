@@ -65,6 +65,7 @@ local function claim_jobs(k, a)
       redis.call('ZADD', k[2], deadline, id)
       emit(job_key, job_key .. a[5], a[6], {type = 'job_progress', jobId = id, status = 'processing',
            progress = 0, message = 'Starting'}, tonumber(a[7]), tonumber(a[8]))
+      webhook_started(job_key, id, now, tonumber(a[7]))  -- _webhooks.lua
       out[#out + 1] = id
       out[#out + 1] = fence
       out[#out + 1] = attempts

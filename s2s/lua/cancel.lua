@@ -17,6 +17,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'message', 'Cancelled', 'canc
 redis.call('ZADD', KEYS[6], now, id)
 redis.call('HINCRBY', KEYS[7], 'cancelled', 1)
 emit(KEYS[1], KEYS[2], ARGV[1], {type = 'job_cancelled', jobId = id, status = 'cancelled'}, ttl, tonumber(ARGV[3]))
+webhook_record(KEYS[1], id, 'job.cancelled', now, ttl)  -- _webhooks.lua
 retain(KEYS[1], ttl, KEYS[2])  -- the photo keeps its own expiry (an operator may retry)
 if status == 'processing' then redis.call('PUBLISH', ARGV[4], cjson.encode({type = 'cancel', jobId = id})) end
 return status

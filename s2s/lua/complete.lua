@@ -29,6 +29,7 @@ redis.call('HINCRBY', KEYS[5], 'completed', 1)
 record_run_time(KEYS[10], KEYS[1], now, ttl)  -- for the queue's ETA (s2s/line.py)
 emit(KEYS[1], KEYS[2], channel, {type = 'job_completed', jobId = id, status = 'completed', progress = 100,
      result = {imageUrl = ARGV[4]}}, ttl, max_events)
+webhook_record(KEYS[1], id, 'job.completed', now, ttl)  -- _webhooks.lua
 retain(KEYS[1], ttl, KEYS[2])
 local out = claim_jobs(claim_keys, claim_args)
 table.insert(out, 1, 1)

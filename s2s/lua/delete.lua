@@ -17,6 +17,7 @@ local entry = redis.call('GET', KEYS[10])
 if entry and string.sub(entry, -(#id + 1)) == ' ' .. id then  -- the entry still names this job
   redis.call('DEL', KEYS[10])
 end
+webhook_forget(KEYS[1], id)  -- _webhooks.lua
 redis.call('DEL', KEYS[1], KEYS[2])
 if status == 'queued' or status == 'processing' then
   redis.call('PUBLISH', ARGV[1], cjson.encode({type = 'job_cancelled', jobId = id, status = 'cancelled',

@@ -35,5 +35,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - ttl)
 redis.call('HINCRBY', KEYS[6], 'failed', 1)
 emit(KEYS[1], KEYS[2], ARGV[7], {type = 'job_failed', jobId = id, status = 'failed', error = ARGV[2],
      code = ARGV[3]}, ttl, tonumber(ARGV[8]))
+webhook_record(KEYS[1], id, 'job.failed', now, ttl)  -- _webhooks.lua
 retain(KEYS[1], ttl, KEYS[2])  -- the photo keeps its own expiry (an operator may retry)
 return 3

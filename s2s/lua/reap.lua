@@ -55,6 +55,7 @@ for _, id in ipairs(expired) do
       redis.call('HINCRBY', KEYS[4], 'failed', 1)
       emit(job_key, events_key, ARGV[3], {type = 'job_failed', jobId = id, status = 'failed', error = err,
            code = 'worker_lost'}, ttl, tonumber(ARGV[5]))
+      webhook_record(job_key, id, 'job.failed', now, ttl)  -- _webhooks.lua
       retain(job_key, ttl, events_key)
     else
       redis.call('HINCRBY', job_key, 'fence', 1)

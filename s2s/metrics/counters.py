@@ -18,6 +18,7 @@ JOB_DURATION = "s2s_job_duration_seconds"
 UPSTREAM_CALLS = "s2s_upstream_calls_total"
 UPSTREAM_STARTED = "s2s_upstream_calls_started_total"  # counted in Redis as each call begins (s2s/lua/upstream.lua)
 EVENTS_DELIVERED = "s2s_ws_events_delivered_total"
+WEBHOOK_DELIVERIES = "s2s_webhook_delivery_attempts_total"  # by outcome (s2s/webhooks/delivery.py)
 
 #: Run time of one attempt: noop and local take well under a second, the AI providers tens of seconds.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)

@@ -21,6 +21,7 @@ from s2s.metrics.counters import (
     JOBS,
     UPSTREAM_CALLS,
     UPSTREAM_STARTED,
+    WEBHOOK_DELIVERIES,
 )
 from s2s.metrics.store import ClusterMetrics
 from s2s.models import Stats
@@ -97,6 +98,13 @@ class Snapshot:
         for labels, value in self._samples(UPSTREAM_STARTED):
             started.add_metric([labels.get("provider", "")], value)
         yield started
+        webhooks = CounterMetricFamily(WEBHOOK_DELIVERIES, "Webhook delivery attempts by outcome: delivered (2xx), "
+                                                           "retry, failed (schedule or retention used up), disabled "
+                                                           "(410 Gone), skipped (its URL disabled).",
+                                       labels=["outcome"])
+        for labels, value in self._samples(WEBHOOK_DELIVERIES):
+            webhooks.add_metric([labels.get("outcome", "")], value)
+        yield webhooks
 
         yield GaugeMetricFamily("s2s_api_processes", "API processes reporting (each one every few seconds).",
                                 value=len(self.processes))

@@ -24,6 +24,7 @@ from s2s.web.metrics import MetricsHandler, ProcessMetrics
 from s2s.web.openapi import openapi_route
 from s2s.web.operator import operator_routes
 from s2s.web.stream import JobStreamHandler
+from s2s.web.webhooks import webhook_routes
 from s2s.web.ws import JobSocket, WsContext
 
 log = logging.getLogger("s2s.api")
@@ -51,6 +52,7 @@ def make_app(ctx: h.AppContext, live: WsContext | None = None,
         (r"/api/catalog", h.CatalogHandler, {"ctx": ctx}),
         (r"/metrics", MetricsHandler, {"ctx": ctx, "process": metrics}),
         *operator_routes(ctx),
+        *webhook_routes(ctx),  # s2s/web/webhooks.py
         (route, JobDeleteHandler, {"ctx": ctx}),  # after every /api/jobs/<name> route, which it would shadow
         *browser_routes(ctx.settings),  # /static/s2s-client.js; the demo page at / with S2S_DEMO
     ]

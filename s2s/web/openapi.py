@@ -25,6 +25,7 @@ from s2s.models import JOB_ID_PATTERN, JobStatus
 from s2s.settings import Settings
 from s2s.web.describe import COUNT, answer, describe, error, operation, ref
 from s2s.web.handlers import PREFLIGHT_HEADERS, ApiHandler
+from s2s.web.webhooks import openapi_webhooks
 
 JOB_ID_ANCHORED = f"^{JOB_ID_PATTERN}$"  # the pattern the routes and /ws frames enforce, whole
 
@@ -100,6 +101,7 @@ def build(settings: Settings, catalog: Catalog, handlers: Iterable[type]) -> dic
             {"name": "meta", "description": "This description, metrics and the demo page"},
         ],
         "paths": paths,
+        "webhooks": openapi_webhooks(settings),  # s2s/web/webhooks.py
         "components": {
             "schemas": schemas,
             "parameters": {

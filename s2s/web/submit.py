@@ -21,6 +21,7 @@ from s2s.models import JOB_ID_PATTERN, status_path
 from s2s.uploads import MAX_HERO_NAME, InputError
 from s2s.web.describe import JSON, NO_STORE, answer, describe, error, operation, ref, retry_after
 from s2s.web.handlers import ApiHandler
+from s2s.webhooks import destinations
 
 log = logging.getLogger("s2s.api")
 
@@ -59,6 +60,13 @@ def _schemas(settings, catalog) -> dict:
                 "themeId": choice(catalog.themes, catalog.default_theme),
                 "styleKey": choice(catalog.styles, catalog.default_style),
                 "kind": choice(catalog.kinds, catalog.default_kind),
+                "webhookUrl": {"type": ["string", "null"], "format": "uri", "maxLength": destinations.MAX_URL_LENGTH,
+                               "description": (
+                    "Where this job's end is sent as a signed webhook (Standard Webhooks v1), instead of "
+                    "S2S_WEBHOOK_URL. Accepted only when the deployment allows it (S2S_WEBHOOK_PER_JOB"
+                    + (", on" if settings.webhook_per_job else ", off here") + "); https only, to a public "
+                    "address, except hosts in S2S_WEBHOOK_HOSTS. Refused with 400 `webhook_url_not_allowed` "
+                    "or `invalid_webhook_url`.")},
             },
         },
         "Accepted": {
@@ -105,7 +113,7 @@ def _schemas(settings, catalog) -> dict:
         400: error("A field breaks a rule; `details.field` names it and `details.reason` says why.", "invalid_json",
                    "missing_field", "invalid_field", "invalid_base64", "unsupported_image_type", "invalid_image",
                    "image_type_mismatch", "image_too_many_pixels", "unknown_themeId", "unknown_styleKey",
-                   "unknown_kind", "invalid_idempotency_key"),
+                   "unknown_kind", "invalid_idempotency_key", "webhook_url_not_allowed", "invalid_webhook_url"),
         409: error("This client used this Idempotency-Key for a different body. The answer names no job.",
                    "idempotency_key_reused"),
         413: error(f"The request is over {settings.max_body_bytes} bytes (`request_too_large`), or the decoded photo "
@@ -252,6 +260,11 @@ class GenerateImageHandler(ApiHandler):
             if exc.status == 503:
                 self.set_header("Retry-After", str(gate.retry_after_s))
             return self.fail(exc.status, exc.code, exc.message, exc.details)
+        if job.webhook_url is not None:  # where it points is checked here, off the decode processes (DNS)
+            refused = await destinations.submit_refusal(job.webhook_url, settings)
+            if refused:
+                return self.fail(400, refused[0], f"webhookUrl {refused[1]}.",
+                                 {"field": "webhookUrl", "reason": refused[1]})
         fill = await self.ctx.queue.memory.fill()
         if fill.full:  # again: it may have filled while this body was read
             return self.refuse(redis_memory.refusal(fill))

@@ -10,13 +10,15 @@ from textual.widgets import Footer, ProgressBar
 from tui.client import ApiError, ConsoleSource
 from tui.model import Clock, JobInfo
 from tui.screens.base import ConsoleScreen
-from tui.widgets import ActionLine, ConnectionBar, JobEventsTable, JobSummary
+from tui.widgets import ActionLine, ConnectionBar, JobEventsTable, JobSummary, WebhookLogTable
 
 
 class JobDetailScreen(ConsoleScreen):
     """Not modal, so the App's keys (cancel, retry, pause...) act on this job from here too."""
 
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back"),
+                Binding("w", "app.redeliver_webhooks", "Redeliver", show=False,
+                        tooltip="send the job's ended webhook deliveries again")]
     AUTO_FOCUS = "JobEventsTable"
 
     def __init__(self, job_id: str, source: ConsoleSource, *, clock: Clock, interval: float, stale_after: float):
@@ -37,6 +39,7 @@ class JobDetailScreen(ConsoleScreen):
         yield JobSummary(self.clock, id="job-summary")
         yield ProgressBar(total=100, show_eta=False, id="job-progress")
         yield JobEventsTable(id="job-events")
+        yield WebhookLogTable(self.clock, id="job-webhooks")
         yield ActionLine().data_bind(JobDetailScreen.outcome)
         yield Footer()
 
@@ -58,3 +61,4 @@ class JobDetailScreen(ConsoleScreen):
         summary.refresh()  # the ages move on even when the job did not
         self.query_one(ProgressBar).update(progress=detail.job.progress)
         self.query_one(JobEventsTable).events = detail.events
+        self.query_one(WebhookLogTable).attempts = detail.webhooks

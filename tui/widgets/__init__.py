@@ -7,7 +7,8 @@ from tui.widgets.job_summary import JobSummary
 from tui.widgets.jobs_table import JobsTable
 from tui.widgets.queue_panel import QueuePanel
 from tui.widgets.throughput_panel import ThroughputPanel
+from tui.widgets.webhook_log import WebhookLogTable
 from tui.widgets.workers_table import WorkersTable
 
 __all__ = ["ActionLine", "ConnectionBar", "JobEventsTable", "JobSummary", "JobsTable", "QueuePanel",
-           "ThroughputPanel", "WorkersTable"]
+           "ThroughputPanel", "WebhookLogTable", "WorkersTable"]
