@@ -241,7 +241,8 @@ def gc_probe(api: psutil.Process, path: str) -> dict:
 def gc_line(probe: dict) -> str:
     full = probe["collections"]["2"]
     return (f"a full gc.collect() {probe['full_collect_s'] * 1000:.0f} ms (fastest of 3; slowest "
-            f"{probe['full_collect_max_s'] * 1000:.0f} ms) over {probe['tracked']:,} tracked objects "
+            f"{probe['full_collect_max_s'] * 1000:.0f} ms; CPU {probe['full_collect_cpu_s'] * 1000:.0f} ms) "
+            f"over {probe['tracked']:,} tracked objects "
             f"({probe['frozen']:,} frozen); natural full collections since the last probe: {full['count']}, "
             f"slowest {full['max_s'] * 1000:.0f} ms, {full['total_s'] * 1000:.0f} ms in all")
 

@@ -117,6 +117,7 @@ class ReleasedSocket(tornado.websocket.WebSocketHandler):
     def open(self) -> None:
         tornado_internals.limit_unsent(self, 1024 * 1024)
         tornado_internals.release_handshake(self)
+        tornado_internals.read_on_its_own(self)
         self.seen["handler"] = self
         stream = self.ws_connection.stream
         self.seen["idle queues"] = (len(stream._write_futures), len(stream._write_buffer._buffers))
@@ -138,6 +139,8 @@ async def _burst(seen: dict) -> list[str]:
         for _ in range(2):  # the queues are emptied once, then used again
             await client.write_message("burst")
             got += [await asyncio.wait_for(client.read_message(), 10) for _ in range(50)]
+        seen["upgrade coroutines"] = [task for task in asyncio.all_tasks()
+                                      if task.get_coro().__qualname__ == "RequestHandler._execute"]
         stream = seen["handler"].ws_connection.stream
         seen["queues after"] = (len(stream._write_futures), len(stream._write_buffer._buffers))
         client.close()
@@ -147,7 +150,7 @@ async def _burst(seen: dict) -> list[str]:
         await server.close_all_connections()
 
 
-def test_a_socket_that_let_go_of_its_handshake_still_sends_every_frame_in_order():
+def test_a_socket_that_let_go_of_its_handshake_still_reads_and_sends_every_frame_in_order():
     seen: dict = {}
     got = asyncio.run(asyncio.wait_for(_burst(seen), 30))
     expected = [f"{i}:" + "x" * (10 if i % 2 else 5000) for i in range(50)]
@@ -157,6 +160,7 @@ def test_a_socket_that_let_go_of_its_handshake_still_sends_every_frame_in_order(
     assert handler.request.connection is None and handler.request.server_connection is None
     assert seen["idle queues"] == (0, 0) and seen["queues after"] == (0, 0)
     assert seen["queue types"] == {tornado_internals.LazyDeque}
+    assert seen["upgrade coroutines"] == [], "the coroutines that answered the upgrade end; frames are read apart"
 
 
 def test_a_lazy_deque_does_what_the_streams_ask_of_a_deque():
@@ -180,4 +184,13 @@ def test_a_lazy_deque_does_what_the_streams_ask_of_a_deque():
 def test_a_tornado_that_queues_writes_elsewhere_is_named(monkeypatch):
     monkeypatch.setattr(tornado.iostream._StreamBuffer, "__init__", lambda self: None)
     with pytest.raises(TornadoInternalsChanged, match=r"_write_buffer\._buffers"):
+        tornado_internals.check()
+
+
+def test_a_tornado_that_reads_frames_elsewhere_is_named(monkeypatch):
+    async def accept(self, handler):  # an _accept_connection that no longer awaits _receive_frame_loop
+        return None
+
+    monkeypatch.setattr(tornado.websocket.WebSocketProtocol13, "_accept_connection", accept)
+    with pytest.raises(TornadoInternalsChanged, match=r"_accept_connection no longer awaits"):
         tornado_internals.check()

@@ -11,6 +11,7 @@ objects at each socket's open, and tests/test_tornado_internals.py runs both
 against the installed Tornado. Each fails with :class:`TornadoInternalsChanged`
 naming what is missing, never by quietly going slower.
 
+:func:`read_on_its_own` lets the coroutines that answered the upgrade end, and
 :func:`release_handshake` empties, once a socket is open, what only its upgrade
 request needed (its headers, the response's, the HTTP/1 connection objects),
 and gives its stream write queues that hold nothing while idle (:class:`LazyDeque`):
@@ -19,13 +20,16 @@ an idle socket held all that for its whole life, 40% of its memory.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import enum
+import inspect
 
 import tornado
 from tornado import httputil
 from tornado.httputil import HTTPServerRequest
 from tornado.iostream import BaseIOStream, StreamBufferFullError, StreamClosedError, _StreamBuffer
+from tornado.log import app_log
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
@@ -58,8 +62,54 @@ def check() -> None:
     if not (_uses(BaseIOStream.__init__, "_write_futures") and _uses(_StreamBuffer.__init__, "_buffers")):
         raise TornadoInternalsChanged("BaseIOStream no longer queues its writes in ._write_futures and "
                                       "._write_buffer._buffers")
+    if not (_uses(WebSocketProtocol13._accept_connection, "_receive_frame_loop")
+            and inspect.iscoroutinefunction(WebSocketProtocol13._receive_frame_loop)
+            and callable(getattr(WebSocketProtocol13, "_abort", None))):
+        raise TornadoInternalsChanged("WebSocketProtocol13._accept_connection no longer awaits the coroutine "
+                                      "_receive_frame_loop (or _abort is gone)")
     if not _uses(HTTPServerRequest.__init__, "server_connection"):
         raise TornadoInternalsChanged("HTTPServerRequest no longer keeps .server_connection")
+
+
+def read_on_its_own(handler: WebSocketHandler) -> None:
+    """In open(): the socket's frames are read by a task of its own, so that the upgrade's coroutines end.
+
+    Tornado reads frames inside the coroutines that answered the upgrade (``RequestHandler._execute`` ->
+    ``get`` -> ``accept_connection`` -> ``_accept_connection`` -> ``_receive_frame_loop``): the outer four,
+    their task and their locals (the upgrade's headers among them) stayed alive as long as the socket.
+    Here ``_accept_connection``'s ``await self._receive_frame_loop()`` returns at once, the same loop
+    running as a task, and the handshake's coroutines finish.
+    """
+    protocol = handler.ws_connection
+    if type(protocol) is not WebSocketProtocol13:
+        raise TornadoInternalsChanged(f"WebSocketHandler.ws_connection is {type(protocol).__name__}, "
+                                      "not WebSocketProtocol13")
+    protocol.__class__ = _OwnReadLoop
+
+
+_readers: set[asyncio.Task] = set()  # a task is only weakly held by the loop: these are the running ones
+
+
+class _OwnReadLoop(WebSocketProtocol13):
+    """WebSocketProtocol13 whose frame loop runs as its own task (see :func:`read_on_its_own`)."""
+
+    def _receive_frame_loop(self):
+        task = asyncio.ensure_future(WebSocketProtocol13._receive_frame_loop(self))
+        _readers.add(task)
+        task.add_done_callback(self._read_loop_done)
+        return _done()
+
+    def _read_loop_done(self, task: asyncio.Task) -> None:
+        _readers.discard(task)
+        if task.cancelled():
+            self._abort()  # as accept_connection does when the coroutine reading frames is cancelled
+        elif task.exception() is not None:
+            app_log.error("reading a WebSocket's frames failed", exc_info=task.exception())
+            self._abort()
+
+
+async def _done() -> None:
+    """What ``_accept_connection`` awaits in place of the frame loop: nothing."""
 
 
 def release_handshake(handler: WebSocketHandler) -> None:
