@@ -117,7 +117,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         self.set_nodelay(True)  # small frames: Nagle would hold one back for the peer's delayed ACK
         tornado_internals.limit_unsent(self, MAX_UNSENT_BYTES)
         tornado_internals.release_handshake(self)  # nothing reads the upgrade's headers from here on
-        tornado_internals.read_on_its_own(self)
+        tornado_internals.read_on_its_own(self)  # so the coroutines that answered the upgrade end now
         self.live.sockets.add(self)
         self._tell(self.live.actors.pinger, Track(self))
         self.send(frames.confirmed_frame(self.client_id))
