@@ -7,13 +7,15 @@ publishes frames straight onto the events channel, as the Lua scripts do, each
 carrying its publish time ``t``. Clients count what they receive and bin the
 publish-to-receive latency. Prints:
 
-  1. connections held by the API process, and its resident memory per connection
-     (then a warm-up phase, reported but not counted: see its note)
+  1. connections held by the API process, and its resident memory per connection; the time of one full
+     garbage collection then, and the slowest natural one of the ramp (bench/gc_probe.py); then a warm-up
+     phase, reported but not counted: see its note. ``--memory-only`` stops here.
   2. publish-to-receive latency p50/p99 at 1,000 delivered events/s, and at 1,000 published events/s
   3. delivered events/s, counted at the clients, at rising offered rates until the API falls behind
 
 Bounded: N sockets, fixed-length phases, and a time limit on every wait.
-Usage: python bench/ws_bench.py [--sockets 10000] [--jobs 1000] [--clients 2] [--seconds 8]
+Usage: python bench/ws_bench.py [--sockets 10000] [--jobs 1000] [--clients 2] [--seconds 8] [--memory-only]
+       python bench/ws_bench.py --server node     (the anchor: Node ws, memory per socket only)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -221,6 +224,29 @@ def wait_healthy(url: str, proc: subprocess.Popen) -> None:
     raise SystemExit("the API did not answer")
 
 
+def gc_probe(api: psutil.Process, path: str) -> dict:
+    """Have the API (run by bench/gc_probe.py) time one full collection; its answer, with its natural ones."""
+    if os.path.exists(path):
+        os.unlink(path)
+    api.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit("the API's gc probe did not answer")
+        time.sleep(0.05)
+    with open(path) as f:
+        return json.load(f)
+
+
+def gc_line(probe: dict) -> str:
+    full = probe["collections"]["2"]
+    return (f"a full gc.collect() {probe['full_collect_s'] * 1000:.0f} ms (fastest of 3; slowest "
+            f"{probe['full_collect_max_s'] * 1000:.0f} ms; CPU {probe['full_collect_cpu_s'] * 1000:.0f} ms) "
+            f"over {probe['tracked']:,} tracked objects "
+            f"({probe['frozen']:,} frozen); natural full collections since the last probe: {full['count']}, "
+            f"slowest {full['max_s'] * 1000:.0f} ms, {full['total_s'] * 1000:.0f} ms in all")
+
+
 def established(api: psutil.Process, port: int) -> int:
     return sum(1 for c in api.net_connections(kind="tcp") if c.status == "ESTABLISHED" and c.laddr.port == port)
 
@@ -260,6 +286,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each publishing phase")
     parser.add_argument("--rates", default="2000,2500,3000,4000", help="published events/s of the throughput steps")
     parser.add_argument("--ping-interval", type=int, default=25_000, help="WS_PING_INTERVAL of the API, ms")
+    parser.add_argument("--memory-only", action="store_true", help="stop after the memory and gc figures")
+    parser.add_argument("--server", choices=("s2s", "node"), default="s2s",
+                        help="node: bench/ws_node_peer.cjs (Node ws) in place of the API, for the memory anchor")
+    parser.add_argument("--node-ws", default="/tmp/sockets-node/node_modules/ws",
+                        help="where `npm install --prefix /tmp/sockets-node ws@8` put ws")
+    parser.add_argument("--gc-types", action="store_true", help="also count the API's tracked objects by type")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -289,13 +321,25 @@ def main() -> None:
                "S2S_ENV": "production", "S2S_MAX_SOCKETS_PER_CLIENT": "0",  # every socket comes from 127.0.0.1
                "WS_PING_INTERVAL": str(args.ping_interval),
                "WS_PING_TIMEOUT": str(max(60_000, 2 * args.ping_interval))}
-        api_proc = subprocess.Popen([sys.executable, "-m", "s2s", "serve"], env=env)
+        if args.gc_types:
+            env["S2S_GC_PROBE_TYPES"] = "1"
+        env["S2S_GC_PROBE_FILE"] = probe_file = os.path.join(tmp, "gc-probe.json")
+        node = args.server == "node"
+        if node:  # the anchor: Node ws holding the same sockets, measured the same way (memory only)
+            env["S2S_NODE_WS"] = args.node_ws
+            argv = ["node", os.path.join(os.path.dirname(__file__), "ws_node_peer.cjs")]
+        else:
+            argv = [sys.executable, os.path.join(os.path.dirname(__file__), "gc_probe.py"), "serve"]
+        api_proc = subprocess.Popen(argv, env=env)
         clients = None
         try:
             wait_healthy(url, api_proc)
             api = psutil.Process(api_proc.pid)
+            time.sleep(1.0)
+            base = None if node else gc_probe(api, probe_file)
             base_rss = api.memory_info().rss
-            print(f"ws bench: {args.sockets:,} sockets on one API process, {args.jobs:,} jobs ({fanout} sockets "
+            server = "Node ws" if node else "API"
+            print(f"ws bench: {args.sockets:,} sockets on one {server} process, {args.jobs:,} jobs ({fanout} sockets "
                   f"each), {args.clients} client processes, {psutil.cpu_count()} CPUs, a ping to every socket every "
                   f"{args.ping_interval / 1000:g} s", flush=True)
             started = time.monotonic()
@@ -306,13 +350,32 @@ def main() -> None:
             rss = api.memory_info().rss
             held = established(api, port)
             print(f"1. connections held: {held:,} (clients ready: {ready:,}; opened and subscribed in {took:.1f} s); "
-                  f"API RSS {base_rss / 2**20:.0f} MiB -> {rss / 2**20:.0f} MiB: "
+                  f"{server} RSS {base_rss / 2**20:.0f} MiB -> {rss / 2**20:.0f} MiB: "
                   f"{(rss - base_rss) / max(1, held) / 1024:.1f} KiB per connection", flush=True)
+            if node:
+                return
+            probe = gc_probe(api, probe_file)
+            print(f"   gc at start-up: {base['tracked']:,} tracked objects; with the sockets: {gc_line(probe)}; "
+                  f"{(probe['tracked'] - base['tracked']) / max(1, held):.1f} tracked objects per connection",
+                  flush=True)
+            if "types" in probe:
+                grown = Counter(probe["types"])
+                grown.subtract(base.get("types", {}))
+                print("   tracked objects per connection by type: " + ", ".join(
+                    f"{name} {n / max(1, held):.2f}" for name, n in grown.most_common(20)), flush=True)
+            if "traced_growth" in probe:  # S2S_GC_PROBE_TRACEMALLOC=1
+                print(f"   allocated by Python: {probe['traced_growth'] / max(1, held) / 1024:.1f} KiB per connection;"
+                      " the lines that allocated most:", flush=True)
+            for line in probe.get("allocated_by_line", [])[:25]:
+                print("   " + line, flush=True)
+            if args.memory_only:
+                return
 
             publisher = Publisher(redis_url, args.jobs)
             print("   warm-up, not counted below (the first traffic after the ramp pays for the full garbage "
                   "collections that the new sockets' objects trigger):", flush=True)
             phase("warm-up", clients, publisher, 1000, 5, fanout, api)
+            print(f"   gc after the warm-up: {gc_line(gc_probe(api, probe_file))}", flush=True)
             print("2. latency", flush=True)
             phase("1,000 delivered/s", clients, publisher, 1000 / fanout, args.seconds, fanout, api)
             phase("1,000 published/s", clients, publisher, 1000, args.seconds, fanout, api)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -82,6 +83,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog), live, metrics)
         server = GuardedHTTPServer(app, settings=settings, max_body_size=settings.max_body_bytes * submit.DRAIN_FACTOR)
         server.listen(settings.port, settings.host)
+        gc.freeze()  # start-up's objects (modules, the app, the catalog) live as long as the process: no full
+        # collection scans them again (with 10,000 sockets one takes long enough to hold live events back)
         if stop is None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import secrets
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable
@@ -75,6 +76,9 @@ class WsContext:
 class JobSocket(tornado.websocket.WebSocketHandler):
     framing = staticmethod(events.websocket_frame)  # how the registry frames this socket's events
     place_framing = staticmethod(events.wire)  # and the place-in-line feed its places
+    # Slots, so Tornado's own attributes are few enough for the instance dict to stay a small shared-key one.
+    __slots__ = ("live", "client_id", "address", "base_url", "jobs", "silent_since", "closed", "budget",
+                 "upgrade_token")
 
     def initialize(self, live: WsContext) -> None:
         self.live = live
@@ -84,7 +88,8 @@ class JobSocket(tornado.websocket.WebSocketHandler):
         self.jobs: dict[str, JobWatch] = {}
         self.silent_since: float | None = None  # when the first unanswered ping went out
         self.closed = False
-        self.budget = frames.FrameBudget(live.settings.ws_frames_per_s, live.settings.ws_frame_burst, time.monotonic())
+        self.budget: frames.FrameBudget | None = None  # made at the first frame: most sockets send one or two
+        self.upgrade_token: str | None = None  # the upgrade's Authorization: Bearer, kept past its headers
 
     # ---- handshake ---------------------------------------------------------------------------
     @property
@@ -101,7 +106,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
 
     def prepare(self) -> None:
         """Refuse the upgrade (429, before any socket exists) to a client already holding its share."""
-        self.address = client_key(self.request.remote_ip)
+        self.address = sys.intern(client_key(self.request.remote_ip))  # one copy per client, not per socket
         cap = self.live.settings.max_sockets_per_client
         if cap and self.live.per_client[self.address] >= cap:
             log.info("socket refused", extra={"client": self.address, "open": self.live.per_client[self.address]})
@@ -115,9 +120,12 @@ class JobSocket(tornado.websocket.WebSocketHandler):
     def open(self) -> None:
         self.live.per_client[self.address] += 1
         self.client_id = secrets.token_urlsafe(9)
-        self.base_url = self.live.settings.public_url or f"{self.request.protocol}://{self.request.host}"
+        self.base_url = sys.intern(self.live.settings.public_url or f"{self.request.protocol}://{self.request.host}")
+        self.upgrade_token = bearer_token(self.request.headers.get("Authorization"))
         self.set_nodelay(True)  # small frames: Nagle would hold one back for the peer's delayed ACK
         tornado_internals.limit_unsent(self, MAX_UNSENT_BYTES)
+        tornado_internals.release_handshake(self)  # nothing reads the upgrade's headers from here on
+        tornado_internals.read_on_its_own(self)  # so the coroutines that answered the upgrade end now
         self.live.sockets.add(self)
         self._tell(self.live.actors.pinger, Track(self))
         self.send(frames.confirmed_frame(self.client_id))
@@ -130,7 +138,11 @@ class JobSocket(tornado.websocket.WebSocketHandler):
     # ---- client frames -----------------------------------------------------------------------
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         self.silent_since = None
-        if not self.budget.take(time.monotonic()):
+        now = time.monotonic()
+        if self.budget is None:
+            settings = self.live.settings
+            self.budget = frames.FrameBudget(settings.ws_frames_per_s, settings.ws_frame_burst, now)
+        if not self.budget.take(now):
             return self.send(frames.rate_limited_frame(self.live.settings.ws_frames_per_s))
         try:
             command = frames.parse_command(message)
@@ -194,7 +206,7 @@ class JobSocket(tornado.websocket.WebSocketHandler):
 
     def subscribe_stats(self, command: SubscribeStats) -> None:
         """Operators only: the token in the frame, or the upgrade's ``Authorization: Bearer``."""
-        given = command.token or bearer_token(self.request.headers.get("Authorization"))
+        given = command.token or self.upgrade_token
         denied = check_operator(self.live.settings.admin_token, given, 'a "token" field or Authorization: Bearer')
         if denied is not None:
             return self.send(frames.error_frame(FrameError(denied.code, denied.message)))
