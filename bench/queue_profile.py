@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import shutil
 import subprocess
 import sys
@@ -59,7 +58,8 @@ async def drain(settings: Settings, client: sync_redis.Redis, n: int, delay_ms: 
     worker = start_worker(settings, 50, delay_ms)
     recorder = None
     if spy:
-        recorder = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid),
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        recorder = subprocess.Popen([py_spy, "record", "--pid", str(worker.pid),
                                      "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(spy)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
