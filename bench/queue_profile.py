@@ -5,7 +5,7 @@ command (EVALSHA is every script together; SLOWLOG names the slow scripts), divi
 Worker side: with ``--py-spy`` the worker runs under ``py-spy record`` (if installed) and the top
 functions by own time are printed, as a share of the worker's samples.
 
-Bounded: one drain of ``--jobs`` jobs, at most ``PHASE_LIMIT_S`` s.
+Bounded: one drain of ``--jobs`` jobs, at most ``the phase limit`` s.
 Usage: python bench/queue_profile.py [--jobs 10000] [--delay-ms 0] [--py-spy /tmp/worker.txt]
 """
 
@@ -30,10 +30,28 @@ from s2s.embedded import EmbeddedRedis  # noqa: E402
 from s2s.queue import Queue  # noqa: E402
 from s2s.settings import Settings  # noqa: E402
 
+SPY_RATE = 250  # samples/s
+
 
 def commandstats(client: sync_redis.Redis) -> dict[str, tuple[int, int]]:
     """command -> (calls, usec)."""
     return {name.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for name, v in client.info("commandstats").items()}
+
+
+#: where a sample's innermost frame is -> what the README's breakdown calls it
+_LOOP = "asyncio (loop, tasks, socket writes)"
+LAYERS = [("(s2s/", "s2s (worker, queue, scripts)"), ("(redis/", "redis-py (commands, pipelines, replies)"),
+          ("(asyncio/", _LOOP), ("(selectors.py", _LOOP)]
+
+
+def py_spy_layers(raw_path: Path) -> tuple[int, dict[str, int]]:
+    """Samples in all, and per layer of the innermost frame."""
+    layers: collections.Counter[str] = collections.Counter()
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        layers[next((name for mark, name in LAYERS if mark in leaf), "other (logging, attrs, stdlib)")] += int(count)
+    return sum(layers.values()), dict(layers)
 
 
 def py_spy_top(raw_path: Path, top: int) -> list[tuple[float, str]]:
@@ -60,7 +78,7 @@ async def drain(settings: Settings, client: sync_redis.Redis, n: int, delay_ms: 
     if spy:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         recorder = subprocess.Popen([py_spy, "record", "--pid", str(worker.pid),
-                                     "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(spy)],
+                                     "--format", "raw", "--rate", str(SPY_RATE), "--nonblocking", "-o", str(spy)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_done(client, queue, n, base)
@@ -104,7 +122,12 @@ def main() -> None:
                 cmd = entry["command"][:60] if isinstance(entry["command"], bytes) else entry["command"]
                 print(f"slowlog: {entry['duration']} us  {cmd!r}")
             if spy and spy.exists():
-                print("Worker side (py-spy, own time, share of samples):")
+                total_samples, layers = py_spy_layers(spy)
+                print(f"Worker side (py-spy at {SPY_RATE} Hz, busy samples): "
+                      f"{total_samples / SPY_RATE / n * 1e6:.0f} us of CPU per job")
+                for name, count in sorted(layers.items(), key=lambda kv: -kv[1]):
+                    print(f"  {name:42s} {count / SPY_RATE / n * 1e6:6.0f} us/job  {count / total_samples:6.1%}")
+                print("Top functions by own time, share of samples:")
                 for share, frame in py_spy_top(spy, args.top):
                     print(f"  {share * 100:5.1f}%  {frame}")
             client.close()

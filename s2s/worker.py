@@ -97,10 +97,13 @@ class Worker:
                    asyncio.ensure_future(chores.sweep_blobs(self.queue, self.blobs, self.id))]
         fetcher = asyncio.ensure_future(self._fetch_loop())
         try:
-            while not self._draining:
-                await asyncio.wait([fetcher, *helpers], return_when=asyncio.FIRST_COMPLETED)
-                for task in (fetcher, *helpers):
-                    if task.done() and not task.cancelled() and task.exception():
+            watched = {fetcher, *helpers}
+            while not self._draining and watched:
+                # a loop that ended without an error (the blob sweep, with Redis storage) is watched no more:
+                # waiting on a finished task again would return at once, and spin
+                done, watched = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception():
                         raise task.exception()
         finally:
             fetcher.cancel()
