@@ -56,6 +56,8 @@ class Queue:
         self.settings = settings
         self.retention_ms = settings.retention_seconds * 1000
         self.pipeliner = scripts.Pipeliner(redis)
+        #: the blobs live in this very Redis: scripts and the pipeliner read and write them with the job
+        self.blobs_inline = self.blobs.scheme == "redis" and getattr(self.blobs, "redis", None) is redis
         k = self.keys
         self._job_prefix = k.job("")
         self._events_suffix = k.job_events("x")[len(k.job("x")):]
@@ -208,8 +210,14 @@ class Queue:
         return got is not None
 
     async def load_photo(self, job_id: str) -> bytes | None:
-        """The job's prepared photo from the blob store; None once it expired or was deleted."""
-        return await self.blobs.get(job_blob(job_id, "photo"))
+        """The job's prepared photo from the blob store; None once it expired or was deleted.
+
+        In Redis the GET joins the worker's next pipeline (one round trip for many jobs' calls).
+        """
+        key = job_blob(job_id, "photo")
+        if self.blobs_inline:
+            return await self.pipeliner.command("GET", self.blobs.redis_key(key))
+        return await self.blobs.get(key)
 
     async def forget_photo(self, job_id: str) -> None:
         """A completed job needs its photo no more: delete it now rather than at its expiry."""
@@ -261,7 +269,7 @@ class Queue:
         replace the picture a finished job names; the record names the one the script accepted.
         """
         key = job_blob(claim.job_id, f"picture-{claim.fence}-{secrets.token_hex(4)}")
-        if self.blobs.scheme != "redis":  # Redis storage: complete.lua writes it, in the same script
+        if not self.blobs_inline:  # Redis storage: complete.lua writes it, in the same script
             await self.blobs.put_or_undo(key, data, ttl_s=self.settings.retention_seconds, content_type=content_type)
         return key
 
@@ -272,21 +280,24 @@ class Queue:
         The picture is stored first; the script names it in the record only if this worker still holds
         the job. If not, this attempt's picture is deleted (it names no job; its expiry is the backstop).
         Completed, the photo is deleted: nothing reads it again. With Redis storage the script itself
-        writes the picture, only if the job is still ours: a full Redis (noeviction) refuses a plain SET,
-        but not a script's writes once its first (a shrinking ZREM) is done (s2s.redis_memory).
+        writes the picture (and deletes the photo), only if the job is still ours: a full Redis (noeviction)
+        refuses a plain SET, but not a script's writes once its first (a shrinking ZREM) is done
+        (s2s.redis_memory).
         """
         k, j = self.keys, claim.job_id
         key = await self.store_picture(claim, data, content_type)
-        inline = self.blobs.scheme == "redis"
+        inline = self.blobs_inline
         claim_keys, claim_args = self._claim_args(worker_id, count)
         reply = await self.pipeliner.call(
             "complete",
             [k.job(j), k.job_events(j), k.active, k.completed, k.totals, *claim_keys[:1], *claim_keys[2:],
-             self.blobs.redis_key(key) if inline else k.job(j), k.run_times(provider)],
-            [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else ""])
+             self.blobs.redis_key(key) if inline else k.job(j), k.run_times(provider),
+             self.blobs.redis_key(job_blob(j, "photo")) if inline else k.job(j)],
+            [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else "",
+             int(inline)])
         ok = bool(reply[0])
         try:
-            if ok:
+            if ok and not inline:  # with Redis storage the script deleted it
                 await self.forget_photo(j)
             elif text(await self.redis.hget(k.job(j), "picture") or b"") != key:  # not ours: a lost reply's retry
                 await self.blobs.delete(key)

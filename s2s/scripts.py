@@ -53,11 +53,17 @@ async def call(redis: aioredis.Redis, name: str, keys: Sequence[Any], args: Sequ
         return await redis.eval(script.source, len(keys), *keys, *args)
 
 
+MAX_BATCH = 10  # calls per pipeline (see Pipeliner)
+
+
 class Pipeliner:
     """Coalesce calls made while a round trip is in flight into the next pipeline.
 
-    With fifty jobs finishing at once this turns fifty round trips into one or two,
-    without delaying a lone call: the first call goes out at once.
+    With fifty jobs finishing at once this turns fifty round trips into a few,
+    without delaying a lone call: the first call goes out at once. A pipeline holds at
+    most :data:`MAX_BATCH` calls, so the first jobs' answers (and the next jobs they
+    claim) come back while the rest are still in Redis: jobs that finished together do
+    not all start their next one together, and a worker's slots drift out of lockstep.
     """
 
     def __init__(self, redis: aioredis.Redis):
@@ -79,7 +85,7 @@ class Pipeliner:
 
     async def _flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending, []
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 results = await self._run([args for args, _ in batch])
             except Exception as exc:  # connection trouble: every caller hears of it

@@ -56,6 +56,7 @@ class Worker:
         self._running: dict[str, tuple[Claim, asyncio.Task]] = {}
         self._stop_reason: dict[str, str] = {}  # job id -> "lost" | "cancelled" | "shutdown"
         self._calling: set[str] = set()  # jobs whose upstream call has begun: paid for, never handed back unfinished
+        self._settling: set[str] = set()  # jobs whose last write (complete-and-claim, fail) is on its way
         self._store_full = False  # Redis past its high-water mark (s2s.redis_memory): claim nothing new
         self._slot_free = asyncio.Event()
         self._wake = asyncio.Event()
@@ -99,10 +100,13 @@ class Worker:
                    *webhook_delivery.tasks(self.settings, self.queue, self.metrics.counts)]  # s2s/webhooks/
         fetcher = asyncio.ensure_future(self._fetch_loop())
         try:
-            while not self._draining:
-                await asyncio.wait([fetcher, *helpers], return_when=asyncio.FIRST_COMPLETED)
-                for task in (fetcher, *helpers):
-                    if task.done() and not task.cancelled() and task.exception():
+            watched = {fetcher, *helpers}
+            while not self._draining and watched:
+                # a loop that ended without an error (the blob sweep, with Redis storage) is watched no more:
+                # waiting on a finished task again would return at once, and spin
+                done, watched = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception():
                         raise task.exception()
         finally:
             fetcher.cancel()
@@ -191,6 +195,7 @@ class Worker:
         self._running.pop(job_id, None)
         self._stop_reason.pop(job_id, None)
         self._calling.discard(job_id)
+        self._settling.discard(job_id)
         self._slot_free.set()
 
     # ---- one job ---------------------------------------------------------------------
@@ -228,6 +233,7 @@ class Worker:
             await self.provider_health.succeeded()
             # take over our own slot: the next job is claimed in the same round trip
             wanted = 0 if self._draining or self._store_full else 1
+            self._settling.add(claim.job_id)
             ok, batch = await self._settle(claim, lambda: self.queue.complete_and_claim(
                 claim, image.data, image.content_type, self.provider.name, worker_id=self.id, count=wanted))
             for follower in batch.claims:
@@ -299,6 +305,7 @@ class Worker:
                               retry_after: float | None = None, refund: bool = False, ctx: dict) -> None:
         delay = int(retry_after * 1000) if retry_after else int(Backoff(
             self.settings.retry_base_ms, self.settings.retry_max_ms, jitter=True).delay(claim.attempt))
+        self._settling.add(claim.job_id)
         outcome = await self._settle(claim, lambda: self.queue.fail(claim, message, code, retryable=retryable,
                                                                     delay_ms=delay, refund=refund))
         if outcome == 3:
@@ -322,8 +329,15 @@ class Worker:
             self._stop(job_id, "lost")
 
     def _stop(self, job_id: str, reason: str) -> None:
+        """Cancel a running job (lost lease, operator's cancel), unless its last write is on its way.
+
+        That write is fenced, so it is refused if the job is no longer ours; cancelled while its answer
+        comes in, the jobs that complete-and-claim took over for this slot would be dropped (and wait
+        a lease for the reaper). A heartbeat sent beside a completion reports that job as no longer
+        held: the completion ended it.
+        """
         entry = self._running.get(job_id)
-        if entry:
+        if entry and job_id not in self._settling:
             self._stop_reason[job_id] = reason
             timeouts.cancel(entry[1])
 

@@ -237,6 +237,48 @@ def test_a_job_claimed_while_the_drain_begins_is_finished_not_cut_at_teardown(se
         assert second["attempts"] == 0
 
 
+def test_a_lease_report_beside_a_completion_does_not_drop_the_job_it_claimed(settings, redis_client):
+    """A heartbeat in the pipeline after a completion says the job is no longer held (it ended): the
+    worker must not cancel the task then, or the job complete-and-claim took over waits for the reaper."""
+
+    class LostReportWithTheAnswer(Queue):
+        worker: Worker | None = None
+        reported = False
+
+        async def complete_and_claim(self, claim, *args, **kwargs):
+            answer = await super().complete_and_claim(claim, *args, **kwargs)
+            if not self.reported:
+                self.reported = True
+                self.worker._stop(claim.job_id, "lost")  # the heartbeat's answer, read before ours resumes
+                await asyncio.sleep(0)
+            return answer
+
+    async def draw(request):
+        return GeneratedImage(photo_bytes("PNG"), "image/png")
+
+    async def run() -> list[dict]:
+        queue = LostReportWithTheAnswer.connect(settings)
+        worker = Worker(settings=settings, queue=queue, provider=_Provider(draw), catalog=Catalog.load(None),
+                        concurrency=1)
+        queue.worker = worker
+        ids = await _enqueue(queue, 2)
+        task = asyncio.ensure_future(worker.run_async())
+        jobs = []
+        for _ in range(300):  # until both ended (a reaped job would end too, on its second attempt)
+            jobs = [(await queue.get(i)).to_json() for i in ids]
+            if all(job["status"] == "completed" for job in jobs):
+                break
+            await asyncio.sleep(0.1)
+        worker.drain()
+        await task
+        await queue.close()
+        return jobs
+
+    first, second = asyncio.run(asyncio.wait_for(run(), 60))
+    assert (first["status"], first["attempts"]) == ("completed", 1), first
+    assert (second["status"], second["attempts"], second["upstreamCalls"]) == ("completed", 1, 1), second
+
+
 def test_the_pipeliner_runs_again_only_what_redis_refused_for_an_unknown_script(redis_client, redis_url, settings):
     k = Keys("pipeliner-test")
 

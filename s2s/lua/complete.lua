@@ -1,10 +1,11 @@
 -- Complete a job and, in the same round trip, claim the worker's next jobs (as claim.lua does).
 -- The picture is already in the blob store (under a key of this attempt's fence): the record names it.
 -- KEYS: job, events, active, completed, totals, waiting, delayed, paused, the picture's Redis key (Redis storage),
---       the provider's recent run times (_run_times.lua)
+--       the provider's recent run times (_run_times.lua), the photo's Redis key (Redis storage)
 -- ARGV: fence, picture key, content type, image_url, provider, then claim.lua's eight arguments
 --       (count, lease_ms, worker_id, job_key_prefix, events_suffix, channel, retention_ms, max_events),
---       then the picture's bytes with Redis storage ('' otherwise: the worker put them in the blob store)
+--       then the picture's bytes with Redis storage ('' otherwise: the worker put them in the blob store),
+--       then '1' when the photo is in Redis (deleted here, in the same round trip) or '0'
 -- Returns {1 or 0 (no longer ours), then claim_jobs's answer}
 local claim_keys = {KEYS[6], KEYS[3], KEYS[7], KEYS[8]}
 local claim_args = {unpack(ARGV, 6, 13)}
@@ -22,7 +23,8 @@ if ARGV[14] ~= '' then redis.call('SET', KEYS[9], ARGV[14], 'PX', ttl) end
 redis.call('HSET', KEYS[1], 'status', 'completed', 'progress', 100, 'message', 'Your picture is ready',
            'completedAt', now, 'completedAtUs', now_us, 'picture', ARGV[2], 'resultType', ARGV[3],
            'provider', ARGV[5])
-redis.call('HDEL', KEYS[1], 'photo')  -- deleted from the blob store by the worker next
+redis.call('HDEL', KEYS[1], 'photo')  -- nothing reads it again; in another blob store the worker deletes it next
+if ARGV[15] == '1' then redis.call('DEL', KEYS[11]) end
 if job[4] then redis.call('HDEL', KEYS[1], 'error', 'errorCode') end
 redis.call('ZADD', KEYS[4], now, id)  -- trimmed to the retention time by stats and the reaper
 redis.call('HINCRBY', KEYS[5], 'completed', 1)

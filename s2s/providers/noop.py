@@ -34,11 +34,13 @@ class NoopProvider:
     async def generate(self, request: GenerationRequest, report: Report) -> GeneratedImage:
         if request.attempt <= self.fail_attempts:
             raise ProviderError(f"Simulated upstream failure on attempt {request.attempt}.", code="noop_failure")
-        steps = max(1, round(self.delay / _REPORT_EVERY_S))
+        # a job shorter than half a report interval ends before its first report would be due: none
+        steps = round(self.delay / _REPORT_EVERY_S)
         for step in range(steps):
             await report(10 + step * 90 // steps, f"Drawing (noop provider), step {step + 1} of {steps}")
-            if self.delay > 0:
-                await asyncio.sleep(self.delay / steps)
+            await asyncio.sleep(self.delay / steps)
+        if steps == 0 and self.delay > 0:
+            await asyncio.sleep(self.delay)
         return GeneratedImage(data=self._png, content_type="image/png")
 
     async def close(self) -> None:

@@ -1,0 +1,139 @@
+"""Where a job's time goes: one worker drains a backlog of no-op jobs; Redis's and the worker's side.
+
+Redis side: ``INFO commandstats`` reset before the drain, read after it: calls and microseconds per
+command (EVALSHA is every script together; SLOWLOG names the slow scripts), divided by the jobs.
+Worker side: with ``--py-spy`` the worker runs under ``py-spy record`` (if installed) and the top
+functions by own time are printed, as a share of the worker's samples.
+
+Bounded: one drain of ``--jobs`` jobs, at most ``the phase limit`` s.
+Usage: python bench/queue_profile.py [--jobs 10000] [--delay-ms 0] [--py-spy /tmp/worker.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis as sync_redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from queue_throughput import completed, enqueue_many, start_worker, stop_worker, wait_done  # noqa: E402
+
+from s2s.embedded import EmbeddedRedis  # noqa: E402
+from s2s.queue import Queue  # noqa: E402
+from s2s.settings import Settings  # noqa: E402
+
+SPY_RATE = 250  # samples/s
+
+
+def commandstats(client: sync_redis.Redis) -> dict[str, tuple[int, int]]:
+    """command -> (calls, usec)."""
+    return {name.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for name, v in client.info("commandstats").items()}
+
+
+#: where a sample's innermost frame is -> what the README's breakdown calls it
+_LOOP = "asyncio (loop, tasks, socket writes)"
+LAYERS = [("(s2s/", "s2s (worker, queue, scripts)"), ("(redis/", "redis-py (commands, pipelines, replies)"),
+          ("(asyncio/", _LOOP), ("(selectors.py", _LOOP)]
+
+
+def py_spy_layers(raw_path: Path) -> tuple[int, dict[str, int]]:
+    """Samples in all, and per layer of the innermost frame."""
+    layers: collections.Counter[str] = collections.Counter()
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        layers[next((name for mark, name in LAYERS if mark in leaf), "other (logging, attrs, stdlib)")] += int(count)
+    return sum(layers.values()), dict(layers)
+
+
+def py_spy_top(raw_path: Path, top: int) -> list[tuple[float, str]]:
+    """Own-time share per function from py-spy's --format raw (collapsed stacks: 'a;b;c count')."""
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        own[stack.split(";")[-1]] += n
+    return [(n / total, frame) for frame, n in own.most_common(top)] if total else []
+
+
+async def drain(settings: Settings, client: sync_redis.Redis, n: int, delay_ms: int, spy: Path | None) -> float:
+    queue = Queue.connect(settings)
+    await enqueue_many(queue, n)
+    base = completed(client, queue)
+    client.config_resetstat()
+    client.slowlog_reset()
+    started = time.monotonic()
+    worker = start_worker(settings, 50, delay_ms)
+    recorder = None
+    if spy:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        recorder = subprocess.Popen([py_spy, "record", "--pid", str(worker.pid),
+                                     "--format", "raw", "--rate", str(SPY_RATE), "--nonblocking", "-o", str(spy)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_done(client, queue, n, base)
+    finally:
+        elapsed = time.monotonic() - started
+        if recorder:
+            recorder.send_signal(2)  # SIGINT: py-spy writes what it has
+            recorder.wait(30)
+        stop_worker(worker)
+    await queue.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10000)
+    parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--py-spy", metavar="FILE", help="record the worker with py-spy into FILE (raw stacks)")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(tmp, persistent=False)
+        url = server.start()
+        try:
+            settings = Settings.from_env({}, dotenv=None, redis_url=url, retention_seconds=3600)
+            client = sync_redis.Redis.from_url(url)
+            spy = Path(args.py_spy) if args.py_spy else None
+            elapsed = asyncio.run(drain(settings, client, args.jobs, args.delay_ms, spy))
+            stats = commandstats(client)
+            n = args.jobs
+            print(f"{n} no-op jobs drained in {elapsed:.1f} s (incl. worker start-up) by one worker at concurrency 50")
+            print("Redis side, per job:   command          calls/job   usec/call   usec/job")
+            total = 0.0
+            for name, (calls, usec) in sorted(stats.items(), key=lambda kv: -kv[1][1]):
+                if calls / n < 0.01:
+                    continue
+                total += usec / n
+                print(f"                       {name:16s} {calls / n:9.2f} {usec / calls:11.1f} {usec / n:10.1f}")
+            print(f"                       {'total':16s} {'':9s} {'':11s} {total:10.1f}")
+            for entry in client.slowlog_get(5):
+                cmd = entry["command"][:60] if isinstance(entry["command"], bytes) else entry["command"]
+                print(f"slowlog: {entry['duration']} us  {cmd!r}")
+            if spy and spy.exists():
+                total_samples, layers = py_spy_layers(spy)
+                print(f"Worker side (py-spy at {SPY_RATE} Hz, busy samples): "
+                      f"{total_samples / SPY_RATE / n * 1e6:.0f} us of CPU per job")
+                for name, count in sorted(layers.items(), key=lambda kv: -kv[1]):
+                    print(f"  {name:42s} {count / SPY_RATE / n * 1e6:6.0f} us/job  {count / total_samples:6.1%}")
+                print("Top functions by own time, share of samples:")
+                for share, frame in py_spy_top(spy, args.top):
+                    print(f"  {share * 100:5.1f}%  {frame}")
+            client.close()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
