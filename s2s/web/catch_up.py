@@ -97,6 +97,32 @@ async def first_frames(reads: SharedReads, job_id: str, last_seq: int | None, ba
     return kept
 
 
+class WatchingJobs:
+    """The registry's calls on the loop, the same for a /ws socket and a GET /stream (one copy of them).
+
+    The class using it has ``jobs`` (job id -> JobWatch) and ``live`` (the WsContext), and ``deliver(frame)``
+    writes one registry-framed event (``framing``) to its client.
+    """
+
+    __slots__ = ()
+
+    def on_watching(self, job_id: str) -> None:
+        watch = self.jobs.get(job_id)
+        if watch is not None and watch.confirmed is not None and not watch.confirmed.done():
+            watch.confirmed.set_result(None)
+
+    def on_event(self, job_id: str, seq: int, frame) -> None:
+        watch = self.jobs.get(job_id)
+        if watch is not None and watch.live(seq, frame):
+            self.deliver(frame)
+
+    def on_resync(self, job_id: str) -> None:
+        watch = self.jobs.get(job_id)
+        if watch is not None and watch.resync():
+            reads = self.live.subscriptions.reads
+            asyncio.ensure_future(catch_up(self, reads, job_id, watch, [])).add_done_callback(report_failure)
+
+
 async def catch_up(socket: Catching, reads: SharedReads, job_id: str, watch: JobWatch, missed: list[dict]) -> None:
     """Send ``missed`` then the buffered live events, each seq once and in order; then go live.
 

@@ -26,7 +26,7 @@ from s2s import events
 from s2s.actors.pinger import Track, Untrack
 from s2s.actors.registry import Forget
 from s2s.admission import client_key
-from s2s.web.catch_up import JobWatch, catch_up, first_frames, report_failure
+from s2s.web.catch_up import JobWatch, WatchingJobs, catch_up, first_frames
 from s2s.web.describe import describe, error, operation, ref, retry_after
 from s2s.web.handlers import ApiHandler, AppContext
 from s2s.web.subscribing import Overloaded, Stalled, retry_after_ms
@@ -99,7 +99,7 @@ def _description(settings, catalog) -> dict:
 
 
 @describe("/api/jobs/{jobId}/stream", get=_description)
-class JobStreamHandler(ApiHandler):
+class JobStreamHandler(WatchingJobs, ApiHandler):
     """One client's stream of one job: a :class:`s2s.actors.registry.Watcher`, touched on the loop only."""
 
     framing = staticmethod(events.stream_frame)  # how the registry frames this stream's events
@@ -187,27 +187,11 @@ class JobStreamHandler(ApiHandler):
         return job is None or job.status.ended
 
     # ---- called on the loop by the actors and catch-up ---------------------------------------
-    def on_watching(self, job_id: str) -> None:
-        watch = self.jobs.get(job_id)
-        if watch is not None and watch.confirmed is not None and not watch.confirmed.done():
-            watch.confirmed.set_result(None)
-
-    def on_event(self, job_id: str, seq: int, frame: events.StreamFrame) -> None:
-        watch = self.jobs.get(job_id)
-        if watch is not None and watch.live(seq, frame):
-            self._send_frame(frame)
-
-    def on_resync(self, job_id: str) -> None:
-        watch = self.jobs.get(job_id)
-        if watch is not None and watch.resync():
-            reads = self.live.subscriptions.reads
-            asyncio.ensure_future(catch_up(self, reads, job_id, watch, [])).add_done_callback(report_failure)
-
     def send(self, text: str) -> None:
         """A frame catch-up read from Redis (already filtered by seq and with its base URL)."""
         event = events.parse_event(text)
         if event is not None:
-            self._send_frame(events.stream_frame(event, text))
+            self.deliver(events.stream_frame(event, text))
 
     def check_alive(self, now: float, timeout_s: float) -> None:
         """The pinger's sweep: a comment line keeps proxies and the browser from giving up on a quiet job."""
@@ -226,7 +210,7 @@ class JobStreamHandler(ApiHandler):
         """A place in line from the feed (s2s/web/position_feed.py), framed by ``place_framing``."""
         self._write(frame)
 
-    def _send_frame(self, frame: events.StreamFrame) -> None:
+    def deliver(self, frame: events.StreamFrame) -> None:  # WatchingJobs: a registry-framed event
         self._write(frame.data)
         if frame.ends:
             self._forget()  # the job's last event: the answer ends after it

@@ -33,7 +33,7 @@ from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import frames, tornado_internals
 from s2s.web.access import bearer_token, check_operator, origin_allowed
-from s2s.web.catch_up import JobWatch, catch_up, first_frames, report_failure
+from s2s.web.catch_up import JobWatch, WatchingJobs, catch_up, first_frames
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
 from s2s.web.position_feed import PositionFeed
 from s2s.web.stats_feed import StatsFeed
@@ -73,7 +73,7 @@ class WsContext:
             stream.interrupted()  # the browser reconnects (elsewhere) with Last-Event-ID
 
 
-class JobSocket(tornado.websocket.WebSocketHandler):
+class JobSocket(WatchingJobs, tornado.websocket.WebSocketHandler):
     framing = staticmethod(events.websocket_frame)  # how the registry frames this socket's events
     place_framing = staticmethod(events.wire)  # and the place-in-line feed its places
     # Slots, so Tornado's own attributes are few enough for the instance dict to stay a small shared-key one.
@@ -217,22 +217,6 @@ class JobSocket(tornado.websocket.WebSocketHandler):
             self._tell(self.live.actors.registry, Unwatch(self, job_id))
 
     # ---- called on the loop by the actors --------------------------------------------------------
-    def on_watching(self, job_id: str) -> None:
-        watch = self.jobs.get(job_id)
-        if watch is not None and watch.confirmed is not None and not watch.confirmed.done():
-            watch.confirmed.set_result(None)
-
-    def on_event(self, job_id: str, seq: int, frame: bytes) -> None:
-        watch = self.jobs.get(job_id)
-        if watch is not None and watch.live(seq, frame):
-            self.write_frame(frame)
-
-    def on_resync(self, job_id: str) -> None:
-        watch = self.jobs.get(job_id)
-        if watch is not None and watch.resync():
-            reads = self.live.subscriptions.reads
-            asyncio.ensure_future(catch_up(self, reads, job_id, watch, [])).add_done_callback(report_failure)
-
     def check_alive(self, now: float, timeout_s: float) -> None:
         if self.closed:
             return
@@ -248,6 +232,9 @@ class JobSocket(tornado.websocket.WebSocketHandler):
     # ---- plumbing ------------------------------------------------------------------------------
     def send(self, text: str) -> None:
         self.write_frame(events.wire(text))
+
+    def deliver(self, frame: bytes) -> None:  # WatchingJobs: a registry-framed event
+        self.write_frame(frame)
 
     def write_frame(self, frame: bytes) -> None:
         """Write a whole pre-built frame (see events.wire), cutting off a client too far behind."""
