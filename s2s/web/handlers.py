@@ -162,7 +162,13 @@ class JobStatusHandler(ApiHandler):
         body = job.to_json(self.base_url())
         if job.status is JobStatus.QUEUED:
             place = await self.ctx.queue.line.place(job_id)
-            body.update(place.fields() if place.queued else {"queuePosition": None, "etaSeconds": None})
+            if place.queued:
+                body.update(place.fields())
+            else:  # it started (or ended, or went) between the two reads: answer what it is now
+                job = await self.ctx.queue.get(job_id)
+                if job is None:
+                    return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+                body = job.to_json(self.base_url())
         self.set_header("Cache-Control", "no-store")
         self.answer(body)
 
