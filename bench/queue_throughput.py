@@ -7,6 +7,7 @@ Prints three figures (all from Redis's own clock, recorded in each job):
 
 Bounded: each phase stops after its job count or its time limit, whichever comes first.
 Usage: python bench/queue_throughput.py [--drain 20000] [--timed 2000] [--rate 200] [--seconds 10]
+       [--only drain|timed|latency]  (one figure; repeatable)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from s2s.queue import Queue
 from s2s.settings import Settings
 
 PHASE_LIMIT_S = 180
+PHASES = ("drain", "timed", "latency")
 
 
 def tiny_photo() -> bytes:
@@ -129,7 +131,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--redis-url", default=os.environ.get("S2S_BENCH_REDIS_URL"))
+    parser.add_argument("--only", action="append", choices=PHASES, help="run just this figure (repeatable)")
     args = parser.parse_args()
+    phases = args.only or PHASES
     with tempfile.TemporaryDirectory() as tmp:
         server = None
         url = args.redis_url
@@ -141,14 +145,17 @@ def main() -> None:
             client = sync_redis.Redis.from_url(url)
             client.flushdb()
             print(f"redis {client.info('server')['redis_version']} at {url}; one worker process, noop provider")
-            rate = asyncio.run(phase_backlog(settings, client, args.drain, 0))
-            print(f"backlog drain: {args.drain} jobs, concurrency 50, delay 0: {rate:,.0f} jobs/s")
-            client.flushdb()
-            rate = asyncio.run(phase_backlog(settings, client, args.timed, 50))
-            print(f"{args.timed} jobs of 50 ms, concurrency 50: {rate:,.0f} jobs/s")
-            client.flushdb()
-            p50, p99, n = asyncio.run(phase_latency(settings, client, args.rate, args.seconds))
-            print(f"enqueue-to-start at {args.rate} jobs/s ({n} jobs): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+            if "drain" in phases:
+                rate = asyncio.run(phase_backlog(settings, client, args.drain, 0))
+                print(f"backlog drain: {args.drain} jobs, concurrency 50, delay 0: {rate:,.0f} jobs/s")
+                client.flushdb()
+            if "timed" in phases:
+                rate = asyncio.run(phase_backlog(settings, client, args.timed, 50))
+                print(f"{args.timed} jobs of 50 ms, concurrency 50: {rate:,.0f} jobs/s")
+                client.flushdb()
+            if "latency" in phases:
+                p50, p99, n = asyncio.run(phase_latency(settings, client, args.rate, args.seconds))
+                print(f"enqueue-to-start at {args.rate} jobs/s ({n} jobs): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
             client.close()
         finally:
             if server:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attrs import frozen
+from attrs import field, frozen
 
 from s2s.replies import text
 
@@ -20,6 +20,9 @@ class Claim:
     style_key: str
     kind: str
     photo_type: str
+    #: the photo's bytes when the claim script brought them (the photos are in this Redis and fit its
+    #: budget); None: the worker reads it from the blob store. Never in a repr (logs).
+    photo: bytes | None = field(default=None, repr=False, eq=False)
 
 
 @frozen
@@ -34,11 +37,11 @@ def parse_claims(reply: list) -> ClaimBatch:
     paused, next_due, now = int(reply[0]), int(reply[1]), int(reply[2])
     claims = []
     rest = reply[3:]
-    for i in range(0, len(rest), 9):
-        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts = rest[i:i + 9]
+    for i in range(0, len(rest), 10):
+        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts, photo = rest[i:i + 10]
         claims.append(Claim(job_id=text(job_id), fence=text(fence), attempt=int(attempt),
                             max_attempts=int(max_attempts or 1), hero_name=text(hero or b""),
                             theme_id=text(theme or b""), style_key=text(style or b""), kind=text(kind or b""),
-                            photo_type=text(photo_type or b"image/png")))
+                            photo_type=text(photo_type or b"image/png"), photo=photo or None))
     return ClaimBatch(claims=claims, paused=bool(paused), next_delayed_ms=None if next_due < 0 else next_due,
                       now_ms=now)

@@ -44,6 +44,9 @@ REAP_CONFIRM_SLACK_MS = 2000  # see Queue.reap_confirm_ms
 #: than this fails with photo_missing. Photos are put with retention + this, counted from intake, so an ended
 #: job's photo (kept for an operator's retry) is gone at most this long after its record.
 QUEUED_PHOTO_S = 86400
+#: bytes of photos one claim reply may carry (the photos in this Redis): the claimed jobs start without
+#: reading them in another round trip; those past it are read as before (Worker._run_job)
+CLAIM_PHOTO_BUDGET = 8 * 1024 * 1024
 
 
 class Queue:
@@ -61,6 +64,8 @@ class Queue:
         k = self.keys
         self._job_prefix = k.job("")
         self._events_suffix = k.job_events("x")[len(k.job("x")):]
+        #: what the claim script puts before a photo's blob key to read it ('': the photos are elsewhere)
+        self._blob_prefix = self.blobs.redis_key("x")[:-1] if self.blobs_inline else ""
         self.memory = StoreMemory(redis, settings.store_high_water_percent)  # how full Redis is
         self.max_block_s = settings.redis_timeout_ms / 2000  # a BLMOVE must end before the read timeout does
         self.fleet = Fleet(redis, self.keys, settings.lease_ms)  # the workers' registry, read
@@ -194,7 +199,8 @@ class Queue:
     def _claim_args(self, worker_id: str, count: int) -> tuple[list, list]:
         k = self.keys
         return ([k.waiting, k.active, k.delayed, k.paused],
-                [count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix, *self._common()])
+                [count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix, *self._common(),
+                 self._blob_prefix, CLAIM_PHOTO_BUDGET])
 
     async def claim(self, worker_id: str, count: int) -> ClaimBatch:
         keys, args = self._claim_args(worker_id, count)

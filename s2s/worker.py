@@ -213,7 +213,9 @@ class Worker:
                 lambda f: f.exception() is None and not f.result() and self._stop(claim.job_id, "lost"))
 
         try:
-            photo = await self._settle(claim, lambda: self.queue.load_photo(claim.job_id))  # through an outage
+            photo = claim.photo  # brought by the claim script, or read now (through an outage)
+            if photo is None:
+                photo = await self._settle(claim, lambda: self.queue.load_photo(claim.job_id))
             if timeouts.cancel_requested():  # a cancel swallowed inside redis-py's wait_for (Python < 3.12)
                 raise asyncio.CancelledError
             if photo is None:

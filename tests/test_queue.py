@@ -9,6 +9,7 @@ import random
 import attrs
 import pytest
 
+from s2s import queue as queue_module
 from s2s.job_requests import IdempotencyConflict, IdempotencyKey, NewJob
 from s2s.models import JobStatus
 from s2s.queue import MAX_REFUNDS, Queue
@@ -60,6 +61,25 @@ def test_jobs_are_claimed_oldest_first_in_batches(settings):
         second = await q.claim("w1", 3)
         assert [c.job_id for c in first.claims] == ids[:3]
         assert [c.job_id for c in second.claims] == ids[3:]
+
+    run(settings, body)
+
+
+def test_claimed_jobs_bring_their_photos_while_they_fit_the_budget_and_the_rest_are_read(settings, monkeypatch):
+    """With the photos in Redis a claim (and complete-and-claim) hands each job its photo, so it starts at once."""
+    monkeypatch.setattr(queue_module, "CLAIM_PHOTO_BUDGET", len(PHOTO) * 2)
+
+    async def body(q: Queue):
+        assert q.blobs_inline, "the test settings keep the photos in Redis"
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(5)]
+        await q.blobs.delete(job_blob(ids[0], "photo"))  # as its expiry would
+        claims = (await q.claim("w1", 4)).claims
+        assert [c.job_id for c in claims] == ids[:4]
+        assert [c.photo for c in claims] == [None, PHOTO, PHOTO, None], "gone, two within the budget, past it"
+        assert await q.load_photo(ids[0]) is None and await q.load_photo(ids[3]) == PHOTO
+        assert PHOTO not in repr(claims[1]).encode(), "a photo is never in a claim's repr (logs)"
+        ok, batch = await q.complete_and_claim(claims[1], b"picture", "image/png", "noop", worker_id="w1", count=1)
+        assert ok and [(c.job_id, c.photo) for c in batch.claims] == [(ids[4], PHOTO)]
 
     run(settings, body)
 

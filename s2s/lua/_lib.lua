@@ -34,8 +34,10 @@ end
 -- Move up to `count` jobs from the waiting list into the processing set, each with a lease and a
 -- new fencing token; first promote retries whose delay has passed. Shared by claim and complete.
 -- k: {waiting, active, delayed, paused}; a: {count, lease_ms, worker_id, job_key_prefix, events_suffix,
---    channel, retention_ms, max_events}
--- Returns {paused(0/1), next_delayed_ms or -1, now, then 9 values per claimed job}
+--    channel, retention_ms, max_events, blob_key_prefix, photo_budget}
+-- With a blob key prefix (the photos are in this Redis) each job's photo comes along, while the photos
+-- so far fit in photo_budget bytes: a job starts without another round trip (false: the worker reads it).
+-- Returns {paused(0/1), next_delayed_ms or -1, now, then 10 values per claimed job}
 local function claim_jobs(k, a)
   local now, now_us = clock()
   local due = redis.call('ZRANGEBYSCORE', k[3], '-inf', now, 'LIMIT', 0, 1000)
@@ -52,10 +54,11 @@ local function claim_jobs(k, a)
   local ids = redis.call('RPOP', k[1], tonumber(a[1]))
   if not ids then return out end
   local deadline = now + tonumber(a[2])
+  local blobs, budget = a[9], tonumber(a[10])
   for _, id in ipairs(ids) do
     local job_key = a[4] .. id
     local f = redis.call('HMGET', job_key, 'heroName', 'themeId', 'styleKey', 'kind', 'inputType', 'maxAttempts',
-                         'status', 'fence', 'attempts', 'retryAt')
+                         'status', 'fence', 'attempts', 'retryAt', 'photo')
     if f[7] == 'queued' then
       local fence = tonumber(f[8]) + 1
       local attempts = tonumber(f[9]) + 1
@@ -70,6 +73,15 @@ local function claim_jobs(k, a)
       out[#out + 1] = fence
       out[#out + 1] = attempts
       for i = 1, 6 do out[#out + 1] = f[i] end
+      local photo = false
+      if blobs ~= '' and f[11] then
+        local size = redis.call('STRLEN', blobs .. f[11])
+        if size > 0 and size <= budget then
+          photo = redis.call('GET', blobs .. f[11])
+          budget = budget - size
+        end
+      end
+      out[#out + 1] = photo
     end
   end
   return out
