@@ -24,14 +24,20 @@ import attrs
 from s2s import logs
 from s2s.follow import Progress, follow
 from s2s.settings import Settings, SettingsError
+from s2s.webhooks import destinations
 
 
 def _settings(**overrides) -> Settings:
     try:
-        return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
         print(f"s2s: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    refused = destinations.configured_refusal(settings)
+    if refused:
+        print(f"s2s: bad setting: {refused}", file=sys.stderr)
+        raise SystemExit(2)
+    return settings
 
 
 def _setup_logs(settings: Settings) -> None:

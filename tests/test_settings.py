@@ -44,6 +44,20 @@ def test_a_bad_value_stops_start_up_with_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == ["s2s: bad setting: PORT='abc': must be a whole number"]
 
 
+@pytest.mark.parametrize("url, reason", [
+    ("http://hooks.example.com/s2s", "must be https:// (plain http only to hosts in S2S_WEBHOOK_HOSTS)"),
+    ("https://10.0.0.7/s2s", "points at a loopback, private or link-local address"),
+    ("https://user:pw@hooks.example.com/s2s", "must not carry a user name or password"),
+])
+def test_a_webhook_url_that_can_never_be_sent_to_stops_start_up(tmp_path, url, reason):
+    env = {"PATH": "/usr/bin:/bin", "S2S_WEBHOOK_URL": url}
+    for command in ("serve", "worker"):
+        done = subprocess.run([sys.executable, "-m", "s2s", command], env=env, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=30)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [f"s2s: bad setting: S2S_WEBHOOK_URL={url!r}: {reason}"]
+
+
 def test_dotenv_is_read_and_the_environment_wins(tmp_path):
     dotenv = tmp_path / ".env"
     dotenv.write_text("PORT=4000\nWORKER_CONCURRENCY=7\nOPENAI_API_KEY=sk-test\n")

@@ -20,9 +20,12 @@ import asyncio
 import logging
 from typing import Protocol
 
+import pykka
 import redis.exceptions
 
 from s2s import events
+from s2s.actors.pinger import Untrack
+from s2s.actors.registry import Forget
 from s2s.models import JobStatus
 from s2s.web.subscribing import SharedReads
 
@@ -121,6 +124,31 @@ class WatchingJobs:
         if watch is not None and watch.resync():
             reads = self.live.subscriptions.reads
             asyncio.ensure_future(catch_up(self, reads, job_id, watch, [])).add_done_callback(report_failure)
+
+    def stop_watching(self, *members: set) -> None:
+        """The client is gone (or going; the caller has marked itself closed): a subscribe in progress sees
+        it and ends, its jobs are dropped, it leaves ``members`` and its client's connection count, and the
+        registry and the pinger forget it."""
+        for watch in self.jobs.values():
+            if watch.confirmed is not None and not watch.confirmed.done():
+                watch.confirmed.set_result(None)
+        self.jobs.clear()
+        live = self.live
+        for group in members:
+            group.discard(self)
+        live.per_client[self.address] -= 1
+        if live.per_client[self.address] <= 0:
+            del live.per_client[self.address]
+        tell(live.actors.registry, Forget(self))
+        tell(live.actors.pinger, Untrack(self))
+
+
+def tell(ref: pykka.ActorRef, message) -> None:
+    """A message to one of the live actors; nothing when it has stopped (the server is stopping)."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass
 
 
 async def catch_up(socket: Catching, reads: SharedReads, job_id: str, watch: JobWatch, missed: list[dict]) -> None:

@@ -46,7 +46,7 @@ class JobDeleteHandler(ApiHandler):
             return self.fail(401, "unauthorized", "Deleting a job needs its delete token (Authorization: Bearer ...).")
         owner = await deletion.owner(self.ctx.queue.redis, self.ctx.queue.keys, job_id)
         if owner is None:
-            return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired or been deleted).")
+            return self.job_not_found(job_id, " or been deleted")
         operator = check_operator(self.ctx.settings.admin_token, given, "") is None
         if not operator and not deletion.token_matches(given, owner.delete_digest):
             return self.fail(403, "forbidden", "This token does not open this job; nothing was changed.")

@@ -105,6 +105,10 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.answer(body, status)
 
+    def job_not_found(self, job_id: str, also: str = "") -> None:
+        """The 404 for a job id that names no job (now): it expired, was deleted, or never was."""
+        self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired{also}).")
+
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_cors_headers()  # send_error() cleared them: a browser must still be able to read the error
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -158,7 +162,7 @@ class JobStatusHandler(ApiHandler):
     async def get(self, job_id: str) -> None:
         job = await self.ctx.queue.get(job_id)
         if job is None:
-            return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+            return self.job_not_found(job_id)
         body = job.to_json(self.base_url())
         if job.status is JobStatus.QUEUED:
             place = await self.ctx.queue.line.place(job_id)
@@ -167,7 +171,7 @@ class JobStatusHandler(ApiHandler):
             else:  # it started (or ended, or went) between the two reads: answer what it is now
                 job = await self.ctx.queue.get(job_id)
                 if job is None:
-                    return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+                    return self.job_not_found(job_id)
                 body = job.to_json(self.base_url())
         self.set_header("Cache-Control", "no-store")
         self.answer(body)

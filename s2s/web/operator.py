@@ -89,7 +89,7 @@ class JobEventsHandler(ApiHandler):
         if not self.require_operator():
             return
         if await self.ctx.queue.get(job_id) is None:
-            return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+            return self.job_not_found(job_id)
         self.answer({"jobId": job_id, "events": await self.ctx.queue.events(job_id)})
 
 

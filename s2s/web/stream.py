@@ -23,10 +23,9 @@ import pykka
 import redis.exceptions
 
 from s2s import events
-from s2s.actors.pinger import Track, Untrack
-from s2s.actors.registry import Forget
+from s2s.actors.pinger import Track
 from s2s.admission import client_key
-from s2s.web.catch_up import JobWatch, WatchingJobs, catch_up, first_frames
+from s2s.web.catch_up import JobWatch, WatchingJobs, catch_up, first_frames, tell
 from s2s.web.describe import describe, error, operation, ref, retry_after
 from s2s.web.handlers import ApiHandler, AppContext
 from s2s.web.subscribing import Overloaded, Stalled, retry_after_ms
@@ -163,7 +162,7 @@ class JobStreamHandler(WatchingJobs, ApiHandler):
             return
         if first is None:
             self._forget()
-            return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+            return self.job_not_found(job_id)
         if ended:
             self._forget()  # its last event was seen: 204 is what stops an EventSource from reconnecting
             self.clear_header("Content-Type")
@@ -173,7 +172,7 @@ class JobStreamHandler(WatchingJobs, ApiHandler):
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on as it comes
         self._write(f"retry: {retry_after_ms(RECONNECT_MS)}\n\n".encode())
-        self._tell(live.actors.pinger, Track(self))
+        tell(live.actors.pinger, Track(self))
         if first and first[-1]["type"] == "job_progress":  # not ended: told its place in line while queued
             live.positions.track(self, job_id)
         await catch_up(self, subscriptions.reads, job_id, watch, first)
@@ -243,23 +242,7 @@ class JobStreamHandler(WatchingJobs, ApiHandler):
         if self.closed or not self.opened:
             return
         self.closed = True
-        for watch in self.jobs.values():
-            if watch.confirmed is not None and not watch.confirmed.done():
-                watch.confirmed.set_result(None)  # a subscribe in progress sees the stream is gone and ends
-        self.jobs.clear()
-        live = self.live
-        live.streams.discard(self)
-        live.per_client[self.address] -= 1
-        if live.per_client[self.address] <= 0:
-            del live.per_client[self.address]
-        self._tell(live.actors.registry, Forget(self))
-        self._tell(live.actors.pinger, Untrack(self))
+        self.stop_watching(self.live.streams)
         if self.over is not None and not self.over.done():
             self.over.set_result(None)
 
-    @staticmethod
-    def _tell(ref: pykka.ActorRef, message) -> None:
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # the server is stopping

@@ -59,7 +59,7 @@ class JobWebhooksHandler(ApiHandler):
         if not self.require_operator():
             return
         if await self.ctx.queue.get(job_id) is None:
-            return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+            return self.job_not_found(job_id)
         self.answer({"jobId": job_id, "deliveries": await _store(self).deliveries(job_id)})
 
 
@@ -73,7 +73,7 @@ class RedeliverHandler(ApiHandler):
         if not self.require_operator():
             return
         if await self.ctx.queue.get(job_id) is None:
-            return self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired).")
+            return self.job_not_found(job_id)
         count = await _store(self).redeliver(job_id)
         if not count:
             return self.fail(409, "nothing_to_redeliver", f"Job {job_id!r} has no ended webhook delivery (none was "

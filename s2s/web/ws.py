@@ -26,14 +26,14 @@ from attrs import Factory, define, field
 
 from s2s import events
 from s2s.actors import LiveActors
-from s2s.actors.pinger import Track, Untrack
-from s2s.actors.registry import Forget, Unwatch
+from s2s.actors.pinger import Track
+from s2s.actors.registry import Unwatch
 from s2s.admission import client_key
 from s2s.queue import Queue
 from s2s.settings import Settings
 from s2s.web import frames, tornado_internals
 from s2s.web.access import bearer_token, check_operator, origin_allowed
-from s2s.web.catch_up import JobWatch, WatchingJobs, catch_up, first_frames
+from s2s.web.catch_up import JobWatch, WatchingJobs, catch_up, first_frames, tell
 from s2s.web.frames import FrameError, Ping, Subscribe, SubscribeStats, Unsubscribe
 from s2s.web.position_feed import PositionFeed
 from s2s.web.stats_feed import StatsFeed
@@ -127,7 +127,7 @@ class JobSocket(WatchingJobs, tornado.websocket.WebSocketHandler):
         tornado_internals.release_handshake(self)  # nothing reads the upgrade's headers from here on
         tornado_internals.read_on_its_own(self)  # so the coroutines that answered the upgrade end now
         self.live.sockets.add(self)
-        self._tell(self.live.actors.pinger, Track(self))
+        tell(self.live.actors.pinger, Track(self))
         self.send(frames.confirmed_frame(self.client_id))
         log.debug("socket open", extra={"client": self.client_id, "ip": self.request.remote_ip})
 
@@ -214,7 +214,7 @@ class JobSocket(WatchingJobs, tornado.websocket.WebSocketHandler):
 
     def unsubscribe(self, job_id: str) -> None:
         if self.jobs.pop(job_id, None) is not None:
-            self._tell(self.live.actors.registry, Unwatch(self, job_id))
+            tell(self.live.actors.registry, Unwatch(self, job_id))
 
     # ---- called on the loop by the actors --------------------------------------------------------
     def check_alive(self, now: float, timeout_s: float) -> None:
@@ -255,21 +255,5 @@ class JobSocket(WatchingJobs, tornado.websocket.WebSocketHandler):
         if self.closed:
             return
         self.closed = True
-        for watch in self.jobs.values():
-            if watch.confirmed is not None and not watch.confirmed.done():
-                watch.confirmed.set_result(None)  # a subscribe in progress sees the socket is gone and ends
-        self.jobs.clear()
-        self.live.sockets.discard(self)
-        self.live.stats.discard(self)
-        self.live.per_client[self.address] -= 1
-        if self.live.per_client[self.address] <= 0:
-            del self.live.per_client[self.address]
-        self._tell(self.live.actors.registry, Forget(self))
-        self._tell(self.live.actors.pinger, Untrack(self))
+        self.stop_watching(self.live.sockets, self.live.stats)
 
-    @staticmethod
-    def _tell(ref: pykka.ActorRef, message) -> None:
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # the server is stopping

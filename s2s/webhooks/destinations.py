@@ -99,6 +99,18 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+def configured_refusal(settings: Settings) -> str | None:
+    """Why S2S_WEBHOOK_URL can never receive a webhook, from the URL alone (no DNS), or None: checked at
+    start-up, so a deployment with a typo'd or plain-http URL stops at once instead of failing every delivery."""
+    if not settings.webhook_url:
+        return None
+    try:
+        split(settings.webhook_url, settings.webhook_hosts)
+    except Refused as refused:
+        return f"S2S_WEBHOOK_URL={settings.webhook_url!r}: {refused.reason}"
+    return None
+
+
 async def submit_refusal(url: str, settings: Settings) -> tuple[str, str] | None:
     """(code, reason) when a submit's ``webhookUrl`` is refused, None when it is taken."""
     if not settings.webhook_per_job or not settings.webhook_secret:
