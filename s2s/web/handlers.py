@@ -105,6 +105,16 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.answer(body, status)
 
+    async def operator_job(self, job_id: str) -> bool:
+        """An operator route's checks: the caller is the operator (401/403 otherwise) and the job exists (404);
+        False when answered here."""
+        if not self.require_operator():
+            return False
+        if await self.ctx.queue.get(job_id) is None:
+            self.job_not_found(job_id)
+            return False
+        return True
+
     def job_not_found(self, job_id: str, also: str = "") -> None:
         """The 404 for a job id that names no job (now): it expired, was deleted, or never was."""
         self.fail(404, "job_not_found", f"No job {job_id!r} (it may have expired{also}).")

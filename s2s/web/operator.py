@@ -86,10 +86,8 @@ class JobEventsHandler(ApiHandler):
     """GET /api/jobs/<id>/events: the job's kept event history, oldest first."""
 
     async def get(self, job_id: str) -> None:
-        if not self.require_operator():
+        if not await self.operator_job(job_id):
             return
-        if await self.ctx.queue.get(job_id) is None:
-            return self.job_not_found(job_id)
         self.answer({"jobId": job_id, "events": await self.ctx.queue.events(job_id)})
 
 

@@ -56,10 +56,8 @@ def _store(handler: ApiHandler) -> WebhookStore:
      404: "JobNotFound", 503: "RedisUnavailable"}), schemas=SCHEMAS)
 class JobWebhooksHandler(ApiHandler):
     async def get(self, job_id: str) -> None:
-        if not self.require_operator():
+        if not await self.operator_job(job_id):
             return
-        if await self.ctx.queue.get(job_id) is None:
-            return self.job_not_found(job_id)
         self.answer({"jobId": job_id, "deliveries": await _store(self).deliveries(job_id)})
 
 
@@ -70,10 +68,8 @@ class JobWebhooksHandler(ApiHandler):
      503: "RedisUnavailable"}))
 class RedeliverHandler(ApiHandler):
     async def post(self, job_id: str) -> None:
-        if not self.require_operator():
+        if not await self.operator_job(job_id):
             return
-        if await self.ctx.queue.get(job_id) is None:
-            return self.job_not_found(job_id)
         count = await _store(self).redeliver(job_id)
         if not count:
             return self.fail(409, "nothing_to_redeliver", f"Job {job_id!r} has no ended webhook delivery (none was "
