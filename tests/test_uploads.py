@@ -397,3 +397,26 @@ def test_a_truncated_photo_is_refused_at_submit_and_nothing_is_queued(stack, pho
     assert (status, answer["code"], answer["details"]["field"]) == (400, "invalid_image", "originalImageBase64")
     assert answer["error"] == "originalImageBase64: is not a readable JPEG, PNG or WebP image"
     assert stack.redis.llen(stack.keys.waiting) == 0
+
+
+def progressive_jpeg_with_hidden_text() -> bytes:
+    """A progressive JPEG (tables and scans between scans) with a comment and an APP1 block slipped in
+    after its first scan, and a trailer after its end (phones append a second picture or their own data)."""
+    buf = io.BytesIO()
+    marked((640, 480)).save(buf, format="JPEG", progressive=True)
+    data = buf.getvalue()
+    second_scan = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)
+    comment = b"\xff\xfe" + struct.pack(">H", len(SECRET) + 2) + SECRET.encode()
+    app1 = b"\xff\xe1" + struct.pack(">H", len(SECRET) + 8) + b"Exif\0\0" + SECRET.encode()
+    return data[:second_scan] + comment + app1 + data[second_scan:] + SECRET.encode() * 4
+
+
+def test_blocks_between_scans_and_after_the_end_are_dropped_and_the_scans_kept(stack):
+    photo = progressive_jpeg_with_hidden_text()
+    stored, sent = through_openai(stack, photo, "image/jpeg")
+    assert SECRET.encode() not in stored
+    assert stored.count(b"\xff\xda") == photo.count(b"\xff\xda") > 2, "every scan of the progressive JPEG kept"
+    assert stored.endswith(b"\xff\xd9")
+    assert assert_stripped(stored, "image/jpeg").size == (640, 480)
+    img = assert_bare_jpeg(sent)
+    assert img.size == (640, 480) and near(img.getpixel((10, 10)), RED) and near(img.getpixel((630, 470)), BLUE)
