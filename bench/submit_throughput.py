@@ -7,8 +7,8 @@ Prints, against the goals of issue 15:
 
 Bounded: every phase stops after its count or its time limit. The rate limit and the waiting cap are off
 (S2S_SUBMIT_PER_MINUTE=0, S2S_MAX_WAITING=0) so the figures are the process's own.
-The worker decodes and shrinks each photo (s2s/photo_prep.py), ~35 ms of CPU for this one; it shares the
-machine's cores with the API, so --no-worker shows the API process's own rate (the jobs wait in Redis).
+The noop worker does not decode photos (a worker for a real provider does: s2s/photo_prep.py, ~27 ms of
+CPU for this one); --no-worker leaves the API process alone with Redis and the client (the jobs wait).
 Usage: python bench/submit_throughput.py [--rounds 2] [--submits 400] [--seconds 30] [--phases photo,worst]
        [--set S2S_UPLOAD_BODY_MB=64 ...] [--no-worker]
 """
@@ -216,7 +216,7 @@ def main() -> None:
                         help="a setting for the API, e.g. --set S2S_UPLOAD_BODY_MB=64 (repeatable)")
     parser.add_argument("--phases", default="photo,worst", help="which phases run: photo, worst or both")
     parser.add_argument("--no-worker", action="store_true",
-                        help="no worker: the API process alone on the machine (the worker decodes each photo)")
+                        help="no worker: the API process alone with Redis and the client")
     args = parser.parse_args()
     png = flat_png((6000, 6000))
     settings0 = Settings.from_env({}, dotenv=None)

@@ -51,12 +51,32 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
 log = logging.getLogger("s2s.photo_prep")
 
 
-class UnreadablePhoto(Exception):
-    """The stored photo cannot be decoded: the job fails (``invalid_image``) without an upstream call."""
+class PrepFailed(Exception):
+    """The photo could not be prepared: what the job's failure says (``code``, ``message`` for a parent,
+    ``detail`` for operators) and whether another attempt may do better."""
+
+    code = "internal_error"
+    message = "Something went wrong while preparing the photo."
+    retryable = True
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
 
 
-class NoRoom(Exception):
+class UnreadablePhoto(PrepFailed):
+    """The stored photo cannot be decoded: the job fails without an upstream call (the same bytes fail again)."""
+
+    code = "invalid_image"
+    message = "The photo could not be read; please upload it again or choose another."
+    retryable = False
+
+
+class NoRoom(PrepFailed):
     """No decode room came within ROOM_WAIT_S: the job goes back to the queue."""
+
+    code = "worker_busy"
+    message = "The worker is busy preparing other photos."
 
 
 @frozen

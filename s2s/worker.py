@@ -229,7 +229,7 @@ class Worker:
                                                     (claim.kind, kind)) if found is None]
                 raise ProviderError(f"This job names an unknown theme, style or kind ({', '.join(unknown)}).",
                                     retryable=False, code="unknown_choice")
-            photo = await self._prepared(photo)  # decoded, upright, sRGB, shrunk: before any upstream call
+            photo = await self._prepared(photo, claim.photo_type)  # decoded, upright, sRGB, shrunk: before the call
             request = GenerationRequest(
                 job_id=claim.job_id, hero_name=claim.hero_name, theme=theme, style=style, kind=kind,
                 photo=photo.data, photo_content_type=photo.content_type, attempt=claim.attempt)
@@ -266,18 +266,15 @@ class Worker:
             log.exception("job raised", extra=ctx)
             await self._record_failure(claim, UNEXPECTED_ERROR, "internal_error", retryable=True, ctx=ctx)
 
-    async def _prepared(self, photo: bytes) -> photo_prep.Prepared:
-        """The copy of the stored photo the provider gets (s2s/photo_prep.py); one that does not decode ends
-        the job (not retried: the same bytes fail again), one that finds no decode room goes back to the queue."""
+    async def _prepared(self, photo: bytes, photo_type: str) -> photo_prep.Prepared:
+        """The provider's copy of the stored photo (s2s/photo_prep.py); one that does not decode ends the job."""
+        if not getattr(self.provider, "takes_photo", True):
+            return photo_prep.Prepared(photo, photo_type)
         try:
             return await self.photos.prepare(photo)
-        except photo_prep.UnreadablePhoto as exc:
-            log.info("photo unreadable", extra={"error": str(exc)})
-            raise ProviderError("The photo could not be read; please upload it again or choose another.",
-                                retryable=False, code="invalid_image") from None
-        except photo_prep.NoRoom as exc:
-            raise ProviderError("The worker is busy preparing other photos.", code="worker_busy",
-                                detail=str(exc)) from None
+        except photo_prep.PrepFailed as exc:
+            log.info("photo not prepared", extra={"code": exc.code, "error": exc.detail})
+            raise ProviderError(exc.message, retryable=exc.retryable, code=exc.code, detail=exc.detail) from None
 
     async def _generate(self, claim: Claim, request: GenerationRequest, report: Report) -> GeneratedImage:
         """The provider call, counted as it begins (on the job, for /metrics) and by outcome (for /metrics)."""

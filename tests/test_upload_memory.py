@@ -150,7 +150,7 @@ def test_a_worker_prepares_huge_photos_one_at_a_time_holding_one_decoded_picture
     four."""
     photo = transparent_png(BIG_RGBA)
     url = stack.api()
-    worker = stack.worker(S2S_PROVIDER="noop", WORKER_CONCURRENCY=4,
+    worker = stack.worker(S2S_PROVIDER="local", WORKER_CONCURRENCY=4,
                           S2S_DECODE_MEMORY_MB=64)
     idle = footprint(worker.pid)
     ids = [submit(url, photo, "image/png") for _ in range(4)]
