@@ -60,11 +60,11 @@ def strip(data: bytes, max_pixels: int) -> Stripped:
 
 def _unreadable(why: str = "") -> BadPhoto:
     if why:
-        log.info("photo refused", extra={"reason": why})
+        log.debug("photo refused", extra={"reason": why})
     return BadPhoto("invalid_image", "is not a readable JPEG, PNG or WebP image")
 
 
-def _checked(content_type: str, width: int, height: int, max_pixels: int) -> None:
+def _checked(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise _unreadable("no size")
     if width * height > max_pixels:
@@ -142,7 +142,7 @@ def _jpeg(data: bytes, max_pixels: int) -> Stripped:
             height, width, components = struct.unpack_from(">HHB", payload, 1)
             if components not in (1, 3, 4):
                 raise _unreadable("jpeg component count")
-            _checked(JPEG, width, height, max_pixels)  # height 0 (given later by DNL) is refused too
+            _checked(width, height, max_pixels)  # height 0 (given later by DNL) is refused too
             size = (width, height)
             kept.append(data[pos:end])
         elif marker in _SOF_REFUSED or marker in (0xD8, 0xD9, 0x01) or 0xD0 <= marker <= 0xD7:
@@ -157,9 +157,11 @@ def _jpeg(data: bytes, max_pixels: int) -> Stripped:
             exif = payload[6:]
         elif marker == 0xE1 and payload.startswith(b"http://ns.adobe.com/xap/1.0/\0") and xmp is None:
             xmp = payload
-        elif marker in _TABLES or (marker == 0xE0 and payload.startswith(b"JFIF\0")) or (
-                marker == 0xEE and payload.startswith(b"Adobe")) or (
-                marker == 0xE2 and payload.startswith(b"ICC_PROFILE\0")):
+        elif marker == 0xE0 and payload.startswith(b"JFIF\0") and len(payload) >= 12:
+            kept.append(b"\xff\xe0\x00\x10" + payload[:12] + b"\0\0")  # its fields; no thumbnail
+        elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
+            kept.append(b"\xff\xee\x00\x0e" + payload[:12])  # version, flags and colour transform only
+        elif marker in _TABLES or (marker == 0xE2 and payload.startswith(b"ICC_PROFILE\0")):
             kept.append(data[pos:end])
         # every other APPn, COM, and any marker T.81 reserves: dropped
         pos = end
@@ -220,7 +222,7 @@ def _png(data: bytes, max_pixels: int) -> Stripped:
     width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, start + 8)
     if depth not in _PNG_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
         raise _unreadable("png IHDR values")
-    _checked(PNG, width, height, max_pixels)
+    _checked(width, height, max_pixels)
     if not any(kind == b"IDAT" for kind, _, _ in chunks):
         raise _unreadable("png without image data")
     exif = next((data[start + 8:end - 4] for kind, start, end in chunks if kind == b"eXIf"), None)
@@ -287,7 +289,7 @@ def _webp(data: bytes, max_pixels: int) -> Stripped:
         width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     else:
         raise _unreadable("webp first chunk")
-    _checked(WEBP, width, height, max_pixels)
+    _checked(width, height, max_pixels)
     if first != b"VP8X":  # a simple file has no metadata chunks to drop
         return Stripped(data, WEBP, width, height)
     exif = next((body for kind, body in chunks if kind == b"EXIF"), None)

@@ -24,6 +24,7 @@ _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[\w.+-]+=
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 MAX_HERO_NAME = 64
 
+
 class InputError(Exception):
     """A request the contract refuses: ``status`` and ``code`` for the machine, ``message`` for people."""
 
