@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import zlib
 
 import pytest
 from PIL import ExifTags, Image, ImageDraw
@@ -420,3 +421,56 @@ def test_blocks_between_scans_and_after_the_end_are_dropped_and_the_scans_kept(s
     assert assert_stripped(stored, "image/jpeg").size == (640, 480)
     img = assert_bare_jpeg(sent)
     assert img.size == (640, 480) and near(img.getpixel((10, 10)), RED) and near(img.getpixel((630, 470)), BLUE)
+
+
+def _edited(data: bytes, at: bytes, offset: int, new: bytes) -> bytes:
+    """``data`` with ``new`` written ``offset`` bytes after the first ``at``."""
+    pos = data.index(at) + offset
+    return data[:pos] + new + data[pos + len(new):]
+
+
+def _small_jpeg() -> bytes:
+    return phone_jpeg((64, 48), orientation=1)
+
+
+def _small_png() -> bytes:
+    buf = io.BytesIO()
+    marked((64, 48)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_with_chunk(kind: bytes) -> bytes:
+    data = _small_png()
+    body = b"x" * 8
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    at = data.index(b"IDAT") - 4
+    return data[:at] + chunk + data[at:]
+
+
+REFUSED = [  # (id, bytes, type, code): each refused from its structure or header alone, nothing decoded
+    ("jpeg-arithmetic-coded", _edited(_small_jpeg(), b"\xff\xc0", 1, b"\xc9"), "image/jpeg", "invalid_image"),
+    ("jpeg-lossless", _edited(_small_jpeg(), b"\xff\xc0", 1, b"\xc3"), "image/jpeg", "invalid_image"),
+    ("jpeg-segment-past-the-end", _edited(_small_jpeg(), b"\xff\xdb", 2, b"\xff\xf0"), "image/jpeg",
+     "invalid_image"),
+    ("jpeg-no-frame-header", _edited(_small_jpeg(), b"\xff\xc0", 1, b"\xfe"), "image/jpeg", "invalid_image"),
+    ("jpeg-8000x8000-by-its-header", _edited(_small_jpeg(), b"\xff\xc0", 5, struct.pack(">HH", 8000, 8000)),
+     "image/jpeg", "image_too_many_pixels"),
+    ("png-bad-crc", _edited(_small_png(), b"IDAT", 6, b"\x00\x00"), "image/png", "invalid_image"),
+    ("png-unknown-critical-chunk", _png_with_chunk(b"ABCD"), "image/png", "invalid_image"),
+    ("png-bad-bit-depth", _edited(_small_png(), b"IHDR", 12, b"\x03"), "image/png", "invalid_image"),
+    ("webp-riff-size-past-the-end", _edited(tagged_webp(), b"RIFF", 4, b"\xff\xff\xff\x00"), "image/webp",
+     "invalid_image"),
+    ("webp-8000x8000-by-its-header", _edited(tagged_webp(), b"VP8X", 12, (7999).to_bytes(3, "little") * 2),
+     "image/webp", "image_too_many_pixels"),
+]
+
+
+@pytest.mark.parametrize("photo, mime, code", [case[1:] for case in REFUSED], ids=[case[0] for case in REFUSED])
+def test_a_photo_broken_in_structure_or_too_big_by_its_header_is_refused_at_submit(stack, photo, mime, code):
+    url = stack.api()
+    body = json.dumps({"heroName": "Mia", "originalImageBase64": data_url(photo, mime)})
+    status, _, raw = http_json("POST", url + "/api/jobs/generate-image", body.encode(),
+                               {"Content-Type": "application/json"})
+    answer = json.loads(raw)
+    assert (status, answer["code"], answer["details"]["field"]) == (400, code, "originalImageBase64"), answer
+    assert stack.redis.llen(stack.keys.waiting) == 0
