@@ -299,12 +299,15 @@ def test_the_stored_photo_keeps_no_metadata_and_the_provider_gets_it_upright(sta
         assert_upright(img, upright)
 
 
-def test_the_photo_is_stripped_in_s3_storage_too(stack, s3_server, settings):
+@pytest.mark.parametrize("photo, mime, orientation", [
+    (phone_jpeg((800, 600)), "image/jpeg", 6), (tagged_png(), "image/png", 1), (tagged_webp(), "image/webp", 6),
+], ids=["jpeg", "png", "webp"])
+def test_the_photo_is_stripped_in_s3_storage_too(stack, s3_server, settings, photo, mime, orientation):
     backend = s3_backend(settings, s3_server)
     url = stack.api(**storage_env(backend))
-    job_id = submit(url, tagged_webp(), "image/webp")
+    job_id = submit(url, photo, mime)
     stored = backend.run(lambda store: store.get(f"jobs/{job_id}/photo"))
-    assert_stripped(stored, "image/webp", orientation=6)
+    assert_stripped(stored, mime, orientation)
     assert job(url, job_id)["status"] == "queued"
 
 
