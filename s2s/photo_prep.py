@@ -104,10 +104,10 @@ class PhotoPrep:
             taken = await self.budget.take(cost, self.wait_s)
         except TimeoutError:
             raise NoRoom(f"no room to decode the photo within {self.wait_s:.0f} s") from None
-        try:
-            return await asyncio.to_thread(prepare_now, data, self.max_pixels)
-        finally:
-            self.budget.give_back(taken)
+        decoding = asyncio.ensure_future(asyncio.to_thread(prepare_now, data, self.max_pixels))
+        # the room is given back when the thread is done, even if the job is cancelled before (a thread runs on)
+        decoding.add_done_callback(lambda done: (self.budget.give_back(taken), done.cancelled() or done.exception()))
+        return await asyncio.shield(decoding)
 
 
 def _big_blocks_mapped() -> None:
