@@ -144,6 +144,15 @@ def turned_png() -> bytes:
     return buf.getvalue()
 
 
+def xmp_turned_jpeg() -> bytes:
+    """No EXIF at all: the orientation (6) is in the XMP packet only, as some editors write it."""
+    packet = xmp().replace(b"<rdf:Description ", b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+                                                 b'tiff:Orientation="6" ')
+    buf = io.BytesIO()
+    marked((800, 600)).save(buf, format="JPEG", quality=95, xmp=packet)
+    return buf.getvalue()
+
+
 def jpeg_with_broken_scan() -> bytes:
     """Every segment sound and whole, but the scan asks for Huffman tables the file never defines: only a
     decoder finds out."""
@@ -284,7 +293,9 @@ def test_a_phone_photo_is_stored_without_gps_and_arrives_upstream_upright_small_
     (tagged_png(), "image/png", 1, (600, 400)),
     (turned_png(), "image/png", 6, (480, 640)),
     (tagged_webp(), "image/webp", 6, (480, 640)),
-], ids=["jpeg-exif-gps-xmp-comment", "png-text-chunks-exif-alpha", "png-exif-orientation", "webp-exif-xmp"])
+    (xmp_turned_jpeg(), "image/jpeg", 6, (600, 800)),
+], ids=["jpeg-exif-gps-xmp-comment", "png-text-chunks-exif-alpha", "png-exif-orientation", "webp-exif-xmp",
+        "jpeg-xmp-orientation-only"])
 def test_the_stored_photo_keeps_no_metadata_and_the_provider_gets_it_upright(stack, photo, mime, orientation,
                                                                              upright):
     assert SECRET.encode() in photo  # the upload really carries it (tEXt, EXIF and XMP are plain text)
