@@ -1,14 +1,14 @@
 """Redis bytes per job, for each blob storage: what a Key Value plan must hold per job of traffic.
 
 A real redis-server, a directory, and a real S3 API (moto_server) on 127.0.0.1. For each
-storage (file, s3, redis) N jobs are submitted the way the API does (a 1.4 MP phone-like
-JPEG prepared by s2s.uploads.prepare_photo, stored, queued), claimed, and completed with a
+storage (file, s3, redis) N jobs are submitted the way the API does (a phone-like JPEG, 1.4 MP
+or a phone's 12 MP, stripped by s2s.uploads.prepare_photo, stored, queued), claimed, and completed with a
 picture of a provider's size (1024x1536 PNG). Redis is measured twice, queued and completed:
 MEMORY USAGE of every key naming the job (its record, events, idempotency entry, and with
 Redis storage its photo/picture blobs), plus the job's share of the queue's list and sets
 (their MEMORY USAGE growth over N jobs). Bounded: N jobs (at most 200) per storage.
 
-Usage: python bench/redis_bytes_per_job.py [--jobs 20]
+Usage: python bench/redis_bytes_per_job.py [--jobs 20] [--phone]
 """
 
 from __future__ import annotations
@@ -96,9 +96,16 @@ async def measure(settings: Settings, jobs: int, photo_url: str, picture: bytes)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--phone", action="store_true",
+                        help="a 4000x3000 phone photo of ~1.9 MB (bench/submit_throughput.py's), not 1440x1080")
     args = parser.parse_args()
     jobs = max(1, min(args.jobs, MAX_JOBS))
-    photo_url, picture = phone_photo(), provider_picture()
+    if args.phone:
+        from submit_throughput import photo_like
+        photo_url = "data:image/jpeg;base64," + base64.b64encode(photo_like((4000, 3000), 2_000_000)).decode()
+    else:
+        photo_url = phone_photo()
+    picture = provider_picture()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persistent=False)
         moto = s3.S3Server(Path(tmp) / "moto.log").start()
@@ -113,8 +120,8 @@ def main() -> int:
                                    aws_secret_access_key=s3.SECRET_KEY),
                 "redis": attrs.evolve(base, storage_url="redis://"),
             }
-            print(f"{jobs} jobs per storage; picture {len(picture) / KIB:.0f} KiB (1024x1536 PNG); "
-                  f"retention {base.retention_seconds} s")
+            print(f"{jobs} jobs per storage; photo {len(photo_url) * 3 // 4 / KIB:.0f} KiB uploaded; "
+                  f"picture {len(picture) / KIB:.0f} KiB (1024x1536 PNG); retention {base.retention_seconds} s")
             print(f"{'storage':8} {'photo KiB':>10} {'queued KiB/job':>15} {'completed KiB/job':>18}")
             started = time.monotonic()
             for name, settings in storages.items():

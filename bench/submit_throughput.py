@@ -7,8 +7,10 @@ Prints, against the goals of issue 15:
 
 Bounded: every phase stops after its count or its time limit. The rate limit and the waiting cap are off
 (S2S_SUBMIT_PER_MINUTE=0, S2S_MAX_WAITING=0) so the figures are the process's own.
+The noop worker does not decode photos (a worker for a real provider does: s2s/photo_prep.py, ~27 ms of
+CPU for this one); --no-worker leaves the API process alone with Redis and the client (the jobs wait).
 Usage: python bench/submit_throughput.py [--rounds 2] [--submits 400] [--seconds 30] [--phases photo,worst]
-       [--set S2S_UPLOAD_BODY_MB=64 ...]
+       [--set S2S_UPLOAD_BODY_MB=64 ...] [--no-worker]
 """
 
 from __future__ import annotations
@@ -213,6 +215,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="S2S_NAME=VALUE",
                         help="a setting for the API, e.g. --set S2S_UPLOAD_BODY_MB=64 (repeatable)")
     parser.add_argument("--phases", default="photo,worst", help="which phases run: photo, worst or both")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="no worker: the API process alone with Redis and the client")
     args = parser.parse_args()
     png = flat_png((6000, 6000))
     settings0 = Settings.from_env({}, dotenv=None)
@@ -232,7 +236,7 @@ def main() -> None:
                "S2S_LOG_LEVEL": "warning", "WORKER_CONCURRENCY": "50",
                **dict(item.split("=", 1) for item in args.set)}
         procs = [subprocess.Popen([sys.executable, "-m", "s2s", role], env=env, stdout=subprocess.DEVNULL)
-                 for role in ("serve", "worker")]
+                 for role in ("serve",) + (() if args.no_worker else ("worker",))]
         base = f"http://{HOST}:{port}"
         try:
             wait_healthy(base, procs[0])

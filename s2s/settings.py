@@ -239,14 +239,14 @@ class Settings:
     ws_frame_burst: int = _env("S2S_WS_FRAME_BURST", _int(1), 200,
                                "frames one /ws socket may send at once above that rate (resubscribing its jobs)")
     max_decodes: int = _env("S2S_MAX_DECODES", _int(0, 256), 0,
-                            "photos one API process decodes at once (0: one per CPU)")
+                            "uploads one API process reads and strips at once, in processes (0: one per CPU)")
     upload_body_mb: int = _env("S2S_UPLOAD_BODY_MB", _int(1), 64,
                                "MB of submit bodies one API process holds at once (each counts twice its size)")
     decode_memory_mb: int = _env("S2S_DECODE_MEMORY_MB", _int(1), 128,
-                                 "MB of pixels one API process decodes at once (from the header; a bigger photo "
-                                 "decodes alone)")
+                                 "MB of pixels one worker process decodes at once preparing photos (from the header; "
+                                 "a bigger photo decodes alone)")
     upload_wait_ms: int = _env("S2S_UPLOAD_WAIT_MS", _int(0), 30000,
-                               "longest a submit waits for room to upload or decode before 503 server_busy")
+                               "longest a submit waits for room to upload before 503 server_busy")
     ws_max_pending_subscribes: int = _env(
         "S2S_WS_MAX_PENDING_SUBSCRIBES", _int(0), 25000,
         "subscribes in progress on one API process past which new ones get `overloaded` (0: no cap)")

@@ -19,7 +19,7 @@ import time
 
 import redis.exceptions
 
-from s2s import redis_memory, timeouts
+from s2s import photo_prep, redis_memory, timeouts
 from s2s import worker_chores as chores
 from s2s.backoff import Backoff
 from s2s.catalog import Catalog
@@ -50,6 +50,7 @@ class Worker:
         self.provider = provider
         self.provider_health = ProviderHealth(queue.redis, queue.keys, provider.name)
         self.catalog = catalog
+        self.photos = photo_prep.PhotoPrep(settings.decode_memory_mb * 1024 * 1024, settings.max_image_pixels)
         self.concurrency = concurrency or settings.worker_concurrency
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.started_at = time.time()
@@ -228,9 +229,10 @@ class Worker:
                                                     (claim.kind, kind)) if found is None]
                 raise ProviderError(f"This job names an unknown theme, style or kind ({', '.join(unknown)}).",
                                     retryable=False, code="unknown_choice")
+            photo = await self._prepared(photo, claim.photo_type)  # decoded, upright, sRGB, shrunk: before the call
             request = GenerationRequest(
                 job_id=claim.job_id, hero_name=claim.hero_name, theme=theme, style=style, kind=kind,
-                photo=photo, photo_content_type=claim.photo_type, attempt=claim.attempt)
+                photo=photo.data, photo_content_type=photo.content_type, attempt=claim.attempt)
             image = await self._generate(claim, request, report)
             await self.provider_health.succeeded()
             # take over our own slot: the next job is claimed in the same round trip
@@ -263,6 +265,16 @@ class Worker:
         except Exception:
             log.exception("job raised", extra=ctx)
             await self._record_failure(claim, UNEXPECTED_ERROR, "internal_error", retryable=True, ctx=ctx)
+
+    async def _prepared(self, photo: bytes, photo_type: str) -> photo_prep.Prepared:
+        """The provider's copy of the stored photo (s2s/photo_prep.py); one that does not decode ends the job."""
+        if not getattr(self.provider, "takes_photo", True):
+            return photo_prep.Prepared(photo, photo_type)
+        try:
+            return await self.photos.prepare(photo)
+        except photo_prep.PrepFailed as exc:
+            log.info("photo not prepared", extra={"code": exc.code, "error": exc.detail})
+            raise ProviderError(exc.message, retryable=exc.retryable, code=exc.code, detail=exc.detail) from None
 
     async def _generate(self, claim: Claim, request: GenerationRequest, report: Report) -> GeneratedImage:
         """The provider call, counted as it begins (on the job, for /metrics) and by outcome (for /metrics)."""

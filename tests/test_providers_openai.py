@@ -47,7 +47,7 @@ def test_a_cover_is_drawn_by_openai_from_the_photo_the_prompt_and_the_key(stack,
     (sent,) = openai_fake.requests
     assert sent.path == "/v1/images/edits" and sent.headers["Authorization"] == f"Bearer {openai_fake.key}"
     assert sent.files["image"][:2] == ("hero.jpg", "image/jpeg")
-    assert Image.open(io.BytesIO(sent.files["image"][2])).size == (320, 400)  # the prepared copy (test_uploads.py)
+    assert Image.open(io.BytesIO(sent.files["image"][2])).size == (320, 400)  # the worker's copy (test_uploads.py)
     assert {k: sent.fields[k] for k in ("model", "size", "quality", "stream", "partial_images", "n")} == {
         "model": "gpt-image-2", "size": "1024x1536", "quality": "medium", "stream": "true", "partial_images": "2",
         "n": "1"}

@@ -53,7 +53,7 @@ def test_a_page_is_drawn_by_qwen_and_its_picture_fetched_from_the_url_it_names(s
     (message,) = body["input"]["messages"]
     (picture, text) = message["content"]
     header, _, payload = picture["image"].partition(",")
-    assert header == "data:image/jpeg;base64", "every photo is prepared as a JPEG at intake (test_uploads.py)"
+    assert header == "data:image/jpeg;base64", "the worker prepares every photo as a JPEG (test_uploads.py)"
     assert Image.open(io.BytesIO(base64.b64decode(payload))).size == Image.open(io.BytesIO(photo)).size
     assert 'named "Ada {hero}"' in text["text"] and "coral reefs" in text["text"] and "watercolor" in text["text"]
     (download,) = qwen_fake.downloads

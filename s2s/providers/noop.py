@@ -25,6 +25,7 @@ def _tiny_png() -> bytes:
 
 class NoopProvider:
     name = "noop"
+    takes_photo = False  # the worker does not decode a photo it would never read (bench/queue_throughput.py)
 
     def __init__(self, *, delay_ms: int = 0, fail_attempts: int = 0):
         self.delay = delay_ms / 1000

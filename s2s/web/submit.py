@@ -1,8 +1,8 @@
 """POST /api/jobs/generate-image: the submit, from the first header to the 202.
 
 Refusals that need no body (rate, type, size) come before it is read; the body is then
-validated and the photo prepared (:mod:`s2s.uploads`) off the IOLoop, and only a whole,
-valid job is queued.
+validated and the photo checked and stripped of its metadata (:mod:`s2s.uploads`,
+:mod:`s2s.photo_intake`) off the IOLoop, and only a whole, valid job is queued.
 """
 
 from __future__ import annotations
@@ -92,10 +92,11 @@ def _schemas(settings, catalog) -> dict:
 
 @describe("/api/jobs/generate-image", schemas=_schemas, post=lambda settings, catalog: operation(
     "submitJob", "jobs", "Submit a photo to be drawn as a storybook cover or page",
-    description="Validated entirely before anything is queued: the photo is decoded in full. Answers 202 at once; the "
-    f"picture is made by a worker. Requests over {settings.max_body_bytes} bytes are refused with 413 from their "
-    "`Content-Length`: at once to a client that sent `Expect: 100-continue`, else after the body is read and "
-    "discarded, so a client that writes it whole first can read the answer; a body over "
+    description="Validated entirely before anything is queued: the photo's structure is checked from its first "
+    "to its last byte (a truncated file is refused) and its metadata stripped; the worker decodes it. Answers 202 "
+    f"at once; the picture is made by a worker. Requests over {settings.max_body_bytes} bytes are refused with 413 "
+    "from their `Content-Length`: at once to a client that sent `Expect: 100-continue`, else after the body is "
+    "read and discarded, so a client that writes it whole first can read the answer; a body over "
     f"{settings.max_body_bytes * DRAIN_FACTOR} bytes is not read, and its connection is closed.",
     parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                  "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
@@ -125,7 +126,7 @@ def _schemas(settings, catalog) -> dict:
                    "rate_limited", headers=retry_after(required=True)),
         503: error("Too many jobs are waiting (`queue_full`, with `Retry-After`; `S2S_MAX_WAITING`), the job store "
                    "is full (`storage_full`, with `Retry-After`; `S2S_STORE_HIGH_WATER_PERCENT`), or it is down "
-                   "(`redis_unavailable`); or this process had no room to read or decode the upload within "
+                   "(`redis_unavailable`); or this process had no room to read the upload within "
                    "`S2S_UPLOAD_WAIT_MS` (`server_busy`, with `Retry-After`).", "queue_full", "storage_full",
                    "redis_unavailable", "server_busy",
                    headers=retry_after(required=False))}))
@@ -239,23 +240,11 @@ class GenerateImageHandler(ApiHandler):
                              "Idempotency-Key must be 1-255 visible ASCII characters.")
         chunks, self._chunks = self._chunks, []
         gate = self.ctx.uploads
-        try:  # off the IOLoop, in the decode processes, within the process's decode budget (s2s/web/upload_gate.py)
-            room = await gate.reserve(gate.pixels, gate.usual_decode)
-            try:
-                job = await gate.run(partial(uploads.read_and_prepare, chunks, self.ctx.catalog,
-                                             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                                             room=room))
-            finally:
-                gate.pixels.give_back(room)
+        try:  # off the IOLoop, in the decode processes (s2s/web/upload_gate.py); no pixel is decoded
+            job = await gate.run(partial(uploads.read_job, chunks, self.ctx.catalog,
+                                         max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels))
             del chunks
             self._release_body()
-            if isinstance(job, tuple):  # a photo bigger to decode than usual: wait for its room, then decode it
-                read, cost = job
-                taken = await gate.reserve(gate.pixels, cost)
-                try:
-                    job = await gate.run(partial(uploads.finish_job, read, max_pixels=settings.max_image_pixels))
-                finally:
-                    gate.pixels.give_back(taken)
         except InputError as exc:
             if exc.status == 503:
                 self.set_header("Retry-After", str(gate.retry_after_s))
