@@ -302,8 +302,10 @@ class Queue:
             [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else "",
              int(inline)])
         ok = bool(reply[0])
+        if inline:  # the script deleted the photo, and wrote the picture only if the job was still ours
+            return ok, parse_claims(reply[1:])
         try:
-            if ok and not inline:  # with Redis storage the script deleted it
+            if ok:
                 await self.forget_photo(j)
             elif text(await self.redis.hget(k.job(j), "picture") or b"") != key:  # not ours: a lost reply's retry
                 await self.blobs.delete(key)
