@@ -115,7 +115,7 @@ class Worker:
             for task in helpers:
                 timeouts.cancel(task)  # the loops also check cancel_requested(): 3.10 can swallow a cancel
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self.queue.pipeliner.drain()
+            await self.queue.lanes.drain()
             await self._leave()
             log.info("worker stopped", extra={"worker": self.id, "completed": self.completed, "failed": self.failed})
 

@@ -10,6 +10,7 @@ import signal
 import pytest
 from PIL import Image
 
+from s2s import scripts
 from s2s.job_requests import NewJob
 from s2s.queue import Queue
 from tests.api_client import job as status
@@ -175,6 +176,6 @@ def test_fifty_jobs_ending_together_keep_a_workers_redis_connections_to_a_few(st
         return int(stack.redis.hget(stack.keys.totals, "completed") or 0) == 100
 
     wait_until(all_done, timeout=30, interval=0.01, what="the hundred jobs to complete")
-    # the pipeline; the fetch loop's claims and blocking peek, the control
+    # a pipeline per lane and the shared one; the fetch loop's claims and blocking peek, the control
     # channel's subscription, the heartbeat loop's reads and reaps, the webhook loop's claims
-    assert max(most) <= 1 + 6, most
+    assert max(most) <= scripts.LANES + 1 + 5, most
