@@ -196,6 +196,10 @@ class Queue:
         await self.redis.publish(self.keys.control_channel, json.dumps({"type": "resume"}))
 
     # ---- the worker side -------------------------------------------------------------
+    async def load_scripts(self) -> None:
+        """Load every script once at start: a fresh Redis would refuse the first pipelines of every lane."""
+        await scripts.load_all(self.redis)
+
     def _claim_args(self, worker_id: str, count: int) -> tuple[list, list]:
         k = self.keys
         return ([k.waiting, k.active, k.delayed, k.paused],

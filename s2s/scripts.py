@@ -53,7 +53,7 @@ async def call(redis: aioredis.Redis, name: str, keys: Sequence[Any], args: Sequ
         return await redis.eval(script.source, len(keys), *keys, *args)
 
 
-MAX_BATCH = 10  # calls per pipeline (see Pipeliner)
+MAX_BATCH = 25  # calls per pipeline (see Pipeliner)
 LANES = 4  # pipelines a worker may have in flight for its jobs' calls at once (see Lanes)
 
 

@@ -93,6 +93,7 @@ class Worker:
     async def run_async(self) -> None:
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency,
                                           "provider": self.provider.name})
+        await self.queue.load_scripts()
         await self._heartbeat_once()
         helpers = [asyncio.ensure_future(self._heartbeat_loop()),
                    asyncio.ensure_future(chores.follow_commands(self.queue, self.id, self._stop, self._wake)),
