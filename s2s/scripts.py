@@ -123,8 +123,8 @@ class Pipeliner:
 
     @property
     def busy(self) -> bool:
-        """A pipeline is out or calls wait for one."""
-        return bool(self._pending) or (self._flusher is not None and not self._flusher.done())
+        """A pipeline is out (calls made meanwhile wait for the same flusher, which takes them next)."""
+        return self._flusher is not None and not self._flusher.done()
 
     async def drain(self) -> None:
         """Wait until every call made so far has its answer."""
