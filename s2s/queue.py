@@ -58,8 +58,8 @@ class Queue:
         self.keys = Keys(settings.key_prefix)
         self.settings = settings
         self.retention_ms = settings.retention_seconds * 1000
-        self.pipeliner = scripts.Pipeliner(redis)
-        #: the blobs live in this very Redis: scripts and the pipeliner read and write them with the job
+        self.lanes = scripts.Lanes(redis)  # the worker's calls, batched into pipelines (a job's on its own lane)
+        #: the blobs live in this very Redis: scripts and the pipelines read and write them with the job
         self.blobs_inline = self.blobs.scheme == "redis" and getattr(self.blobs, "redis", None) is redis
         k = self.keys
         self._job_prefix = k.job("")
@@ -80,7 +80,7 @@ class Queue:
         return queue
 
     async def close(self) -> None:
-        await self.pipeliner.drain()
+        await self.lanes.drain()
         await self.blobs.close()
         await self.redis.aclose()
 
@@ -196,6 +196,10 @@ class Queue:
         await self.redis.publish(self.keys.control_channel, json.dumps({"type": "resume"}))
 
     # ---- the worker side -------------------------------------------------------------
+    async def load_scripts(self) -> None:
+        """Load every script once at start: a fresh Redis would refuse the first pipelines of every lane."""
+        await scripts.load_all(self.redis)
+
     def _claim_args(self, worker_id: str, count: int) -> tuple[list, list]:
         k = self.keys
         return ([k.waiting, k.active, k.delayed, k.paused],
@@ -222,7 +226,7 @@ class Queue:
         """
         key = job_blob(job_id, "photo")
         if self.blobs_inline:
-            return await self.pipeliner.command("GET", self.blobs.redis_key(key))
+            return await self.lanes.of(job_id).command("GET", self.blobs.redis_key(key))
         return await self.blobs.get(key)
 
     async def forget_photo(self, job_id: str) -> None:
@@ -246,7 +250,7 @@ class Queue:
         args: list = [self.settings.lease_ms, self._job_prefix, worker_id, WORKER_MEMORY_MS, json.dumps(info)]
         for claim in holding:
             args += [claim.job_id, claim.fence]
-        lost = await self.pipeliner.call("extend", [k.active, k.workers, k.worker(worker_id)], args)
+        lost = await self.lanes.shared.call("extend", [k.active, k.workers, k.worker(worker_id)], args)
         return [text(x) for x in lost]
 
     def progress(self, claim: Claim, percent: int, message: str) -> asyncio.Future:
@@ -255,12 +259,12 @@ class Queue:
         A plain future, so a worker may go on without waiting for the answer.
         """
         k = self.keys
-        return self.pipeliner.call("progress", [k.job(claim.job_id), k.job_events(claim.job_id)],
+        return self.lanes.of(claim.job_id).call("progress", [k.job(claim.job_id), k.job_events(claim.job_id)],
                                    [claim.fence, int(percent), message, *self._common()])
 
     def upstream_call(self, claim: Claim, metrics_field: str) -> asyncio.Future:
         """Count an upstream call beginning, on the job and in the metrics counter ``metrics_field``."""
-        return self.pipeliner.call("upstream", [self.keys.job(claim.job_id), self.keys.metrics_counters],
+        return self.lanes.of(claim.job_id).call("upstream", [self.keys.job(claim.job_id), self.keys.metrics_counters],
                                    [claim.fence, metrics_field])
 
     async def complete(self, claim: Claim, data: bytes, content_type: str, provider: str) -> bool:
@@ -294,7 +298,7 @@ class Queue:
         key = await self.store_picture(claim, data, content_type)
         inline = self.blobs_inline
         claim_keys, claim_args = self._claim_args(worker_id, count)
-        reply = await self.pipeliner.call(
+        reply = await self.lanes.of(j).call(
             "complete",
             [k.job(j), k.job_events(j), k.active, k.completed, k.totals, *claim_keys[:1], *claim_keys[2:],
              self.blobs.redis_key(key) if inline else k.job(j), k.run_times(provider),
@@ -302,8 +306,10 @@ class Queue:
             [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else "",
              int(inline)])
         ok = bool(reply[0])
+        if inline:  # the script deleted the photo, and wrote the picture only if the job was still ours
+            return ok, parse_claims(reply[1:])
         try:
-            if ok and not inline:  # with Redis storage the script deleted it
+            if ok:
                 await self.forget_photo(j)
             elif text(await self.redis.hget(k.job(j), "picture") or b"") != key:  # not ours: a lost reply's retry
                 await self.blobs.delete(key)
@@ -315,7 +321,7 @@ class Queue:
                    refund: bool = False) -> int:
         """Record a failed attempt: 2 retry scheduled, 3 failed for good, 0 no longer ours."""
         k, j = self.keys, claim.job_id
-        return int(await self.pipeliner.call(
+        return int(await self.lanes.of(j).call(
             "fail", [k.job(j), k.job_events(j), k.active, k.delayed, k.failed, k.totals],
             [claim.fence, error, code, int(retryable), int(delay_ms), self.retention_ms, k.events_channel,
              MAX_EVENTS, int(refund), MAX_REFUNDS]))
@@ -323,7 +329,7 @@ class Queue:
     async def release(self, claim: Claim) -> bool:
         """Give a job back (shutdown): front of the queue, attempt not counted."""
         k, j = self.keys, claim.job_id
-        ok = await self.pipeliner.call(
+        ok = await self.lanes.of(j).call(
             "release", [k.job(j), k.job_events(j), k.active, k.waiting],
             [claim.fence, *self._common()])
         return bool(ok)

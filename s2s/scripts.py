@@ -53,7 +53,8 @@ async def call(redis: aioredis.Redis, name: str, keys: Sequence[Any], args: Sequ
         return await redis.eval(script.source, len(keys), *keys, *args)
 
 
-MAX_BATCH = 10  # calls per pipeline (see Pipeliner)
+MAX_BATCH = 25  # calls per pipeline (see Pipeliner)
+LANES = 4  # pipelines a worker may have in flight for its jobs' calls at once (see Lanes)
 
 
 class Pipeliner:
@@ -120,7 +121,38 @@ class Pipeliner:
             pipe.execute_command(*args)
         return await pipe.execute(raise_on_error=False)
 
+    @property
+    def busy(self) -> bool:
+        """A pipeline is out (calls made meanwhile wait for the same flusher, which takes them next)."""
+        return self._flusher is not None and not self._flusher.done()
+
     async def drain(self) -> None:
         """Wait until every call made so far has its answer."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
+
+
+class Lanes:
+    """Several pipeliners, so jobs that end together wait for no other clump's round trip.
+
+    A job's calls (its photo, upstream count, progress, the write that ends it) all go on the lane of
+    its id, in the order they were made: a lane has one pipeline in flight at a time, so Redis runs a
+    job's calls in that order (the upstream count before the completion) while up to ``count`` other
+    lanes' pipelines are out. Calls for no one job (heartbeats) have a lane of their own. At most
+    ``count + 1`` pipelines are out at once, so as many pooled connections, whatever the concurrency.
+    """
+
+    def __init__(self, redis: aioredis.Redis, count: int = LANES):
+        self._jobs = [Pipeliner(redis) for _ in range(max(1, count))]
+        self.shared = Pipeliner(redis)  # calls about no one job, or about many (heartbeats)
+        self._all = (*self._jobs, self.shared)
+
+    def of(self, job_id: str) -> Pipeliner:
+        """The lane every call of this job goes on (str hashes are fixed for the life of a process)."""
+        return self._jobs[hash(job_id) % len(self._jobs)]
+
+    async def drain(self) -> None:
+        """Wait until every call made so far, on every lane, has its answer (and those made meanwhile)."""
+        while any(lane.busy for lane in self._all):
+            for lane in self._all:
+                await lane.drain()

@@ -94,6 +94,7 @@ class Worker:
     async def run_async(self) -> None:
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency,
                                           "provider": self.provider.name})
+        await self.queue.load_scripts()
         await self._heartbeat_once()
         helpers = [asyncio.ensure_future(self._heartbeat_loop()),
                    asyncio.ensure_future(chores.follow_commands(self.queue, self.id, self._stop, self._wake)),
@@ -116,7 +117,7 @@ class Worker:
             for task in helpers:
                 timeouts.cancel(task)  # the loops also check cancel_requested(): 3.10 can swallow a cancel
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self.queue.pipeliner.drain()
+            await self.queue.lanes.drain()
             await self._leave()
             log.info("worker stopped", extra={"worker": self.id, "completed": self.completed, "failed": self.failed})
 

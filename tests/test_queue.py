@@ -370,3 +370,43 @@ def test_every_event_is_published_with_a_rising_seq(settings):
         assert frames == await q.events(job_id)
 
     run(settings, body)
+
+
+def test_a_jobs_progress_and_completion_reach_redis_in_the_order_made_while_several_pipelines_are_out(settings):
+    # forty jobs finish at once, each reporting progress (not waited for) just before its completion: the
+    # worker's calls go out on several pipelines at a time, yet no job's completion overtakes its progress
+    async def body(q: Queue):
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(40)]
+        claims = (await q.claim("w", 40)).claims
+
+        async def finish(claim):
+            reported = q.progress(claim, 60, "nearly")
+            ok, _ = await q.complete_and_claim(claim, b"picture", "image/png", "noop", worker_id="w", count=0)
+            return ok, await reported
+
+        assert await asyncio.gather(*[finish(c) for c in claims]) == [(True, 1)] * 40
+        for job_id in ids:
+            assert [(e["type"], e["progress"]) for e in await q.events(job_id)][-2:] == [
+                ("job_progress", 60), ("job_completed", 100)], job_id
+
+    run(settings, body)
+
+
+def test_after_redis_forgets_its_scripts_each_pipeline_out_runs_again_only_what_was_refused(settings, redis_client):
+    # two lanes' pipelines out at once when Redis has just been restarted (SCRIPT FLUSH): each runs again
+    # only its refused script calls; the plain commands beside them ran once
+    async def body(q: Queue):
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(12)]
+        claims = (await q.claim("w", 12)).claims
+        lanes = {id(q.lanes.of(c.job_id)) for c in claims}
+        assert len(lanes) > 1, "the jobs spread over more than one lane"
+        await q.redis.script_flush()
+        counted = [q.lanes.of(c.job_id).command("INCR", q.keys.job(c.job_id) + ":n") for c in claims]
+        reported = [q.progress(c, 30, "drawing") for c in claims]
+        assert await asyncio.gather(*counted) == [1] * 12
+        assert await asyncio.gather(*reported) == [1] * 12
+        for job_id in ids:
+            assert int(redis_client.get(q.keys.job(job_id) + ":n")) == 1
+            assert [e["progress"] for e in await q.events(job_id) if e["type"] == "job_progress"][-1] == 30
+
+    run(settings, body)

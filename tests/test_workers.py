@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import signal
@@ -9,9 +10,15 @@ import signal
 import pytest
 from PIL import Image
 
+from s2s import scripts
+from s2s.job_requests import NewJob
+from s2s.queue import Queue
 from tests.api_client import job as status
 from tests.api_client import submit
-from tests.helpers import http_json, wait_until
+from tests.helpers import http_json, photo_bytes, wait_until
+
+NEW_JOB = NewJob(hero_name="Mia", theme_id="adventure", style_key="watercolor", kind="cover",
+                 photo=photo_bytes("PNG", (64, 64)), photo_type="image/png")
 
 
 def wait_status(url: str, job_id: str, wanted: str, timeout: float = 30.0) -> dict:
@@ -149,3 +156,26 @@ def test_a_worker_runs_worker_concurrency_jobs_at_once(stack):
     assert stats["waiting"] == 2
     for job_id in ids:
         wait_status(url, job_id, "completed")
+
+
+def test_fifty_jobs_ending_together_keep_a_workers_redis_connections_to_a_few(stack):
+    # a worker at concurrency 50 whose fifty jobs start and end together: its calls share a few pipelines,
+    # not a pooled connection each (Redis counts a worker's clients; before, 50 ending jobs opened 50)
+    async def queue_jobs() -> None:
+        queue = Queue.connect(stack.settings)
+        await asyncio.gather(*[queue.enqueue(NEW_JOB) for _ in range(100)])
+        await queue.close()
+
+    asyncio.run(queue_jobs())
+    before = len(stack.redis.client_list())
+    stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=50, WORKER_CONCURRENCY=50)
+    most = []
+
+    def all_done():
+        most.append(len(stack.redis.client_list()) - before)
+        return int(stack.redis.hget(stack.keys.totals, "completed") or 0) == 100
+
+    wait_until(all_done, timeout=30, interval=0.01, what="the hundred jobs to complete")
+    # a pipeline per lane and the shared one; the fetch loop's claims and blocking peek, the control
+    # channel's subscription, the heartbeat loop's reads and reaps, the webhook loop's claims
+    assert max(most) <= scripts.LANES + 1 + 5, most

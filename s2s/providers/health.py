@@ -42,8 +42,11 @@ class ProviderHealth:
     async def succeeded(self) -> None:
         if not self._maybe_flagged:
             return
+        # cleared once: the jobs that succeed while the DEL is out send none of their own (fifty jobs ending
+        # together on a fresh worker took fifty pooled connections, each opened then, for one key)
+        self._maybe_flagged = False
         try:
             await self._redis.delete(self._key)
-            self._maybe_flagged = False
         except redis.exceptions.RedisError as exc:
+            self._maybe_flagged = True
             log.warning("cannot clear the provider's state", extra={"provider": self._provider, "error": str(exc)})

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 
 from s2s.settings import Settings
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+_KEY = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")  # one match per key: it is checked a few times per job
 
 
 def check_key(key: str) -> str:
@@ -26,7 +27,7 @@ def check_key(key: str) -> str:
     That keeps keys the same on every backend, keeps a file key inside its directory
     (no ``..``, no absolute path) and keeps them apart from the file store's temp files.
     """
-    if not key or not all(_SEGMENT.fullmatch(part) for part in key.split("/")):
+    if not _KEY.fullmatch(key):
         raise ValueError(f"blob key {key!r}: must be '/'-separated segments of [A-Za-z0-9_.-], none starting with '.'")
     return key
 
