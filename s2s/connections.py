@@ -45,6 +45,12 @@ def options(settings: Settings, blocking_s: float = 0.0) -> dict:
             "health_check_interval": HEALTH_CHECK_S}
 
 
+#: Above this an argument (a photo, a picture) is left to redis-py's packer, which sends it as it is: hiredis
+#: copies every argument into one buffer, which for a 9 MB photo held the API's GIL for ms: half of the API
+#: process's GIL time in the worst-case upload bench (py-spy --gil), 2026-12-02.
+BIG_ARGUMENT = 64 * 1024
+
+
 class HiredisPackedConnection(aioredis.Connection):
     """A TCP connection whose commands hiredis packs, as redis-py's sync connections do.
 
@@ -55,6 +61,9 @@ class HiredisPackedConnection(aioredis.Connection):
     _packer = HiredisRespSerializer()
 
     def pack_command(self, *args):
+        for arg in args:
+            if isinstance(arg, (bytes, bytearray, memoryview, str)) and len(arg) > BIG_ARGUMENT:
+                return super().pack_command(*args)
         return self._packer.pack(*args)
 
 
