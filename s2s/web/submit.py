@@ -29,6 +29,8 @@ log = logging.getLogger("s2s.api")
 #: ``_refuse_before_body``); a larger one is answered at once and its connection closed.
 DRAIN_FACTOR = 2
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+#: The header as sent: HTTP drops whitespace around a field value (RFC 9110 5.5), so "key " is the key "key".
+_IDEMPOTENCY_HEADER = r"^[ \t]*[\x21-\x7e]{1,255}[ \t]*$"
 # A 1x1 PNG: the example submission of the description is a real one (the API accepts it).
 EXAMPLE_SUBMISSION = {"heroName": "Mia", "themeId": "space", "styleKey": "cartoon", "kind": "cover",
                       "originalImageBase64": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAAD"
@@ -99,7 +101,7 @@ def _schemas(settings, catalog) -> dict:
     "read and discarded, so a client that writes it whole first can read the answer; a body over "
     f"{settings.max_body_bytes * DRAIN_FACTOR} bytes is not read, and its connection is closed.",
     parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
-                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY.pattern},
+                 "schema": {"type": "string", "pattern": _IDEMPOTENCY_HEADER},
                  "description": "A retried POST with the same key and body from the same client (IP address, or "
                                 "IPv6 /64) answers the same job (and counts once against the rate limit); the same "
                                 "key with another body is a 409. Keys are scoped to the client: the same key from "
