@@ -80,7 +80,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     server = metrics = None
     try:
         metrics = await ProcessMetrics.start(queue, live)  # this process's sockets and events, for /metrics
-        app = make_app(h.AppContext(settings=settings, queue=queue, catalog=catalog), live, metrics)
+        ctx = h.AppContext(settings=settings, queue=queue, catalog=catalog)
+        ctx.uploads.warm()  # the decode processes, before the first upload (s2s/web/upload_gate.py)
+        app = make_app(ctx, live, metrics)
         server = GuardedHTTPServer(app, settings=settings, max_body_size=settings.max_body_bytes * submit.DRAIN_FACTOR)
         server.listen(settings.port, settings.host)
         gc.freeze()  # start-up's objects (modules, the app, the catalog) live as long as the process: no full

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
-from functools import partial
 
 import redis.exceptions
 import tornado.web
 
-from s2s import redis_memory, uploads
+from s2s import redis_memory
 from s2s.admission import Refusal, client_key
 from s2s.job_requests import IdempotencyConflict, IdempotencyKey
 from s2s.models import JOB_ID_PATTERN, status_path
@@ -243,8 +242,8 @@ class GenerateImageHandler(ApiHandler):
         chunks, self._chunks = self._chunks, []
         gate = self.ctx.uploads
         try:  # off the IOLoop, in the decode processes (s2s/web/upload_gate.py); no pixel is decoded
-            job = await gate.run(partial(uploads.read_job, chunks, self.ctx.catalog,
-                                         max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels))
+            job = await gate.read_job(chunks, self.ctx.catalog, max_bytes=settings.max_image_bytes,
+                                      max_pixels=settings.max_image_pixels)
             del chunks
             self._release_body()
         except InputError as exc:
