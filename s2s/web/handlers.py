@@ -297,16 +297,21 @@ class HealthHandler(ApiHandler):
         return {"ok": True, "scheme": blobs.scheme, "rttMs": round((time.perf_counter() - started) * 1000, 2)}
 
     async def _probe(self) -> dict:
+        """The reads at once, each on a pooled connection: one after another they were seven round trips,
+        each waiting behind whatever Redis was busy with (a 9 MB photo being stored, say)."""
         queue = self.ctx.queue
-        started = time.perf_counter()
-        await queue.redis.ping()
-        rtt = (time.perf_counter() - started) * 1000
-        workers = await queue.fleet.workers()
-        absent = await queue.fleet.absence_ms(alive=bool(workers))
-        depth = await queue.redis.llen(queue.keys.waiting)
-        oldest = await queue.overview.oldest_waiting_age_ms()
-        provider = await provider_state.read(queue.redis, queue.keys, self.ctx.settings.effective_provider)
-        fill = await queue.memory.fill(fresh=True)
+
+        async def rtt_ms() -> float:
+            started = time.perf_counter()
+            await queue.redis.ping()
+            return (time.perf_counter() - started) * 1000
+
+        rtt, workers, depth, oldest, provider, fill = await asyncio.gather(
+            rtt_ms(), queue.fleet.workers(), queue.redis.llen(queue.keys.waiting),
+            queue.overview.oldest_waiting_age_ms(),
+            provider_state.read(queue.redis, queue.keys, self.ctx.settings.effective_provider),
+            queue.memory.fill(fresh=True))
+        absent = await queue.fleet.absence_ms(alive=bool(workers))  # no round trip while a worker is alive
         return {"redis": {"ok": True, "rttMs": round(rtt, 2)}, "workers": {"alive": len(workers), "absentMs": absent},
                 "queue": {"waiting": depth, "oldestWaitingAgeMs": oldest}, "provider": provider.to_json(),
                 "store": fill.to_json()}
