@@ -23,9 +23,9 @@ import io
 import logging
 
 from attrs import frozen
-from PIL import ExifTags, Image, ImageCms
+from PIL import Image, ImageCms
 
-from s2s import shrinking
+from s2s import photo_intake, shrinking
 from s2s.byte_budget import ByteBudget
 
 FORMATS = ["JPEG", "PNG", "WEBP"]
@@ -200,14 +200,9 @@ def _clean_copy(picture: Image.Image, orientation: int) -> Prepared:
 
 
 def _orientation(picture: Image.Image) -> int:
-    """The EXIF (or XMP tiff:) Orientation. A block too corrupt to read shows the photo as stored,
-    as most viewers do, rather than refusing it."""
-    try:
-        value = picture.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception as exc:  # Pillow's EXIF parser raises struct, type and value errors alike
-        log.info("photo EXIF unreadable, orientation ignored", extra={"error": repr(exc)[:200]})
-        return 1
-    return value if isinstance(value, int) else 1
+    """The stored photo's Orientation, read as intake read it (:func:`s2s.photo_intake.orientation`: intake
+    kept it as an EXIF block holding only that tag)."""
+    return photo_intake.orientation(picture.info.get("exif"), None)
 
 
 def _in_srgb(picture: Image.Image) -> Image.Image:
