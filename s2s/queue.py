@@ -328,11 +328,13 @@ class Queue:
 
     async def release(self, claim: Claim) -> bool:
         """Give a job back (shutdown): front of the queue, attempt not counted."""
+        return bool(await self.release_soon(claim))
+
+    def release_soon(self, claim: Claim) -> asyncio.Future:
+        """:meth:`release`, made now on the job's lane; the future answers 1, or 0 if the job was not ours."""
         k, j = self.keys, claim.job_id
-        ok = await self.lanes.of(j).call(
-            "release", [k.job(j), k.job_events(j), k.active, k.waiting],
-            [claim.fence, *self._common()])
-        return bool(ok)
+        return self.lanes.of(j).call("release", [k.job(j), k.job_events(j), k.active, k.waiting],
+                                     [claim.fence, *self._common()])
 
     async def reap(self, limit: int = 100) -> int:
         """Take back jobs whose lease expired and stayed so for :meth:`reap_confirm_ms`; return how many."""

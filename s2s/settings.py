@@ -48,6 +48,16 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
     return parse
 
 
+def _auto_int(lo: int, hi: int) -> Callable[[str, str], int | None]:
+    """A whole number, or ``auto`` (or empty): None, for the code to choose."""
+    number = _int(lo, hi)
+
+    def parse(name: str, raw: str) -> int | None:
+        return None if raw.strip().lower() in ("", "auto") else number(name, raw)
+
+    return parse
+
+
 def _text(name: str, raw: str) -> str:
     return raw.strip()
 
@@ -259,6 +269,10 @@ class Settings:
     store_high_water_percent: int = _env(
         "S2S_STORE_HIGH_WATER_PERCENT", _int(0, 100), 90,
         "share of Redis's maxmemory past which submits get 503 storage_full and claims pause (0: only at maxmemory)")
+    worker_claim_ahead: int | None = _env(
+        "S2S_WORKER_CLAIM_AHEAD", _auto_int(0, 1000), None,
+        "jobs a worker claims ahead of its free slots, so a freed slot starts one at once, only while slots free "
+        "within a few ms of each other (short jobs); auto: a tenth of WORKER_CONCURRENCY; 0: off")
     worker_absent_ms: int = _env("S2S_WORKER_ABSENT_MS", _int(0), 60000,
                                  "health answers 503 once no worker has been alive this long (0: never)")
     # --- providers ---

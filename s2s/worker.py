@@ -23,6 +23,7 @@ from s2s import photo_prep, redis_memory, timeouts
 from s2s import worker_chores as chores
 from s2s.backoff import Backoff
 from s2s.catalog import Catalog
+from s2s.claim_ahead import ClaimAhead
 from s2s.claims import Claim
 from s2s.metrics.counters import UPSTREAM_STARTED, WorkerMetrics
 from s2s.metrics.counters import field as metrics_field
@@ -38,7 +39,6 @@ log = logging.getLogger("s2s.worker")
 
 UNEXPECTED_ERROR = "Something went wrong while making the picture."
 WAIT_FOR_WORK_S = 1.0  # the longest an idle worker blocks on the waiting list (its pool reads allow for it)
-SETTLE_BACKOFF = Backoff(initial=0.25, maximum=2.0)  # s, between tries to reach Redis with a job's last write
 
 
 class Worker:
@@ -57,7 +57,7 @@ class Worker:
         self._running: dict[str, tuple[Claim, asyncio.Task]] = {}
         self._stop_reason: dict[str, str] = {}  # job id -> "lost" | "cancelled" | "shutdown"
         self._calling: set[str] = set()  # jobs whose upstream call has begun: paid for, never handed back unfinished
-        self._settling: set[str] = set()  # jobs whose last write (complete-and-claim, fail) is on its way
+        self._settling: set[str] = set()  # jobs whose last write (complete-and-claim, fail) is on its way: slot free
         self._store_full = False  # Redis past its high-water mark (s2s.redis_memory): claim nothing new
         self._slot_free = asyncio.Event()
         self._wake = asyncio.Event()
@@ -66,6 +66,8 @@ class Worker:
         self.failed = 0
         self.metrics = WorkerMetrics()  # counted in memory, added to the cluster's counters with the heartbeat
         self.cluster_metrics = ClusterMetrics(queue.redis, queue.keys)
+        self.ahead = ClaimAhead(settings.worker_claim_ahead, self.concurrency, queue.release_soon,  # s2s/claim_ahead.py
+                                self.metrics.job_released)
         self._started_field = metrics_field(UPSTREAM_STARTED, provider=provider.name)
 
     # ---- life cycle ------------------------------------------------------------------
@@ -88,6 +90,7 @@ class Worker:
         if not self._draining:
             log.info("draining", extra={"worker": self.id, "running": len(self._running)})
             self._draining = True
+            self.ahead.hand_back_all()
             self._wake.set()
             self._slot_free.set()
 
@@ -118,7 +121,7 @@ class Worker:
                 timeouts.cancel(task)  # the loops also check cancel_requested(): 3.10 can swallow a cancel
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.queue.lanes.drain()
-            await self._leave()
+            await chores.leave(self.queue, self.id, lambda: self.cluster_metrics.send(self.metrics.counts))
             log.info("worker stopped", extra={"worker": self.id, "completed": self.completed, "failed": self.failed})
 
     async def _finish_running(self) -> None:
@@ -130,6 +133,8 @@ class Worker:
         may still bring a job, which goes back too.
         """
         deadline = time.monotonic() + (self.settings.upstream_timeout_ms + self.settings.shutdown_grace_ms) / 1000
+        self._draining = True  # jobs a complete-and-claim brings from now on go back at once (_place)
+        self.ahead.hand_back_all()
         while self._running:
             late = time.monotonic() >= deadline
             for job_id, (_, task) in list(self._running.items()):
@@ -139,15 +144,6 @@ class Worker:
             tasks = [task for _, task in self._running.values()]
             wait_s = 1.0 if late else max(0.0, min(1.0, deadline - time.monotonic()))  # once late: a second apart
             await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-
-    async def _leave(self) -> None:
-        k = self.queue.keys
-        try:
-            await self.cluster_metrics.send(self.metrics.counts)  # the last counts first
-            await self.queue.redis.zrem(k.workers, self.id)
-            await self.queue.redis.delete(k.worker(self.id))
-        except redis.exceptions.RedisError:
-            pass
 
     # ---- fetching --------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
@@ -170,7 +166,7 @@ class Worker:
                 await asyncio.sleep(1.0)
                 continue
             for claim in batch.claims:
-                self._start(claim)
+                self._place(claim)
             if batch.claims:
                 continue
             if batch.paused:
@@ -188,6 +184,23 @@ class Worker:
             except redis.exceptions.RedisError:
                 await asyncio.sleep(0.5)
 
+    def _place(self, claim: Claim) -> None:
+        """A claimed job: started if a slot is free, else buffered (claim-ahead), or back at once if draining."""
+        if self._draining:
+            self.ahead.hand_back(claim)
+        elif len(self._running) - len(self._settling) < self.concurrency:
+            self._start(claim)
+        else:
+            self.ahead.put(claim)
+
+    def _fill_slots(self) -> bool:
+        """Start buffered jobs in the free slots (a job's slot is free once its provider call has ended)."""
+        filled = False
+        while self.ahead and not self._draining and len(self._running) - len(self._settling) < self.concurrency:
+            self._start(self.ahead.take())
+            filled = True
+        return filled
+
     def _start(self, claim: Claim) -> None:
         task = asyncio.ensure_future(self._run_job(claim))
         self._running[claim.job_id] = (claim, task)
@@ -198,6 +211,7 @@ class Worker:
         self._stop_reason.pop(job_id, None)
         self._calling.discard(job_id)
         self._settling.discard(job_id)
+        self._fill_slots()
         self._slot_free.set()
 
     # ---- one job ---------------------------------------------------------------------
@@ -217,7 +231,7 @@ class Worker:
         try:
             photo = claim.photo  # brought by the claim script, or read now (through an outage)
             if photo is None:
-                photo = await self._settle(claim, lambda: self.queue.load_photo(claim.job_id))
+                photo = await chores.settle(claim.job_id, self.id, lambda: self.queue.load_photo(claim.job_id))
             if timeouts.cancel_requested():  # a cancel swallowed inside redis-py's wait_for (Python < 3.12)
                 raise asyncio.CancelledError
             if photo is None:
@@ -235,14 +249,19 @@ class Worker:
                 job_id=claim.job_id, hero_name=claim.hero_name, theme=theme, style=style, kind=kind,
                 photo=photo.data, photo_content_type=photo.content_type, attempt=claim.attempt)
             image = await self._generate(claim, request, report)
+            self.ahead.note_run(time.monotonic() - started)
+            self._settling.add(claim.job_id)  # the slot is free: a buffered job takes it now
+            own = 0 if self._fill_slots() else 1  # else the next job for it comes in the same round trip
+            extra = 0 if self._draining or self._store_full else self.ahead.ask()  # and refill the buffer
+            wanted = 0 if self._draining or self._store_full else own + extra
             await self.provider_health.succeeded()
-            # take over our own slot: the next job is claimed in the same round trip
-            wanted = 0 if self._draining or self._store_full else 1
-            self._settling.add(claim.job_id)
-            ok, batch = await self._settle(claim, lambda: self.queue.complete_and_claim(
-                claim, image.data, image.content_type, self.provider.name, worker_id=self.id, count=wanted))
+            try:
+                ok, batch = await chores.settle(claim.job_id, self.id, lambda: self.queue.complete_and_claim(
+                    claim, image.data, image.content_type, self.provider.name, worker_id=self.id, count=wanted))
+            finally:
+                self.ahead.answered(extra)
             for follower in batch.claims:
-                self._start(follower)
+                self._place(follower)
             if ok:
                 seconds = time.monotonic() - started
                 self.completed += 1
@@ -283,7 +302,7 @@ class Worker:
 
         def begins() -> None:
             self._calling.add(claim.job_id)
-            self.queue.upstream_call(claim, self._started_field).add_done_callback(_quiet)
+            self.queue.upstream_call(claim, self._started_field).add_done_callback(chores.quiet)
 
         call_begins.set(begins)  # this task's own context: one job per task
         if not getattr(self.provider, "announces_calls", False):
@@ -299,30 +318,14 @@ class Worker:
         self.metrics.upstream_call(name, "ok")
         return image
 
-    async def _settle(self, claim: Claim, write):
-        """A Redis call for a job in hand (its photo, the write that ends it), retried while Redis is unreachable.
-
-        An outage spends no attempt and throws no made picture away: the lease keeps the job ours (the
-        heartbeat renews it once Redis is back); if the reaper took it back first, the heartbeat stops the
-        job or the fencing token refuses the late write. Bounded at shutdown by the grace period.
-        """
-        failures = 0
-        while True:
-            try:
-                return await write()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                failures += 1
-                log.log(logging.WARNING if failures == 1 else logging.DEBUG, "cannot reach Redis for a job in hand; "
-                        "retrying", extra={"job": claim.job_id, "worker": self.id, "error": str(exc)})
-                await asyncio.sleep(SETTLE_BACKOFF.delay(failures))
-
     async def _record_failure(self, claim: Claim, message: str, code: str, *, retryable: bool,
                               retry_after: float | None = None, refund: bool = False, ctx: dict) -> None:
         delay = int(retry_after * 1000) if retry_after else int(Backoff(
             self.settings.retry_base_ms, self.settings.retry_max_ms, jitter=True).delay(claim.attempt))
         self._settling.add(claim.job_id)
-        outcome = await self._settle(claim, lambda: self.queue.fail(claim, message, code, retryable=retryable,
-                                                                    delay_ms=delay, refund=refund))
+        self._fill_slots()
+        outcome = await chores.settle(claim.job_id, self.id, lambda: self.queue.fail(
+            claim, message, code, retryable=retryable, delay_ms=delay, refund=refund))
         if outcome == 3:
             self.failed += 1
             log.info("job failed", extra={**ctx, "code": code, "error": message})
@@ -338,19 +341,23 @@ class Worker:
                 "state": "draining" if self._draining else "running", "startedAt": int(self.started_at * 1000)}
 
     async def _heartbeat_once(self) -> None:
-        claims = [claim for claim, _ in self._running.values()]
+        claims = [claim for claim, _ in self._running.values()] + self.ahead.claims()
         lost = await self.queue.heartbeat(self.id, self._info(), claims)
         for job_id in lost:
             self._stop(job_id, "lost")
 
     def _stop(self, job_id: str, reason: str) -> None:
-        """Cancel a running job (lost lease, operator's cancel), unless its last write is on its way.
+        """Cancel a running job (lost lease, operator's cancel) unless its last write is on its way; drop a buffered
+        one.
 
         That write is fenced, so it is refused if the job is no longer ours; cancelled while its answer
         comes in, the jobs that complete-and-claim took over for this slot would be dropped (and wait
         a lease for the reaper). A heartbeat sent beside a completion reports that job as no longer
         held: the completion ended it.
         """
+        if self.ahead.drop(job_id):
+            log.info("buffered job dropped", extra={"job": job_id, "worker": self.id, "reason": reason})
+            return
         entry = self._running.get(job_id)
         if entry and job_id not in self._settling:
             self._stop_reason[job_id] = reason
@@ -365,6 +372,7 @@ class Worker:
             await asyncio.sleep(reap_every)
             try:
                 self._note_store(await self.queue.memory.fill(fresh=True))
+                self.ahead.hand_back_overdue()  # slots busier than expected: waited a second already
                 if time.monotonic() >= next_beat:  # after a Redis error next_beat is 0: renew before any reap
                     next_beat = time.monotonic() + interval
                     await self._heartbeat_once()
@@ -388,8 +396,3 @@ class Worker:
                         extra={"worker": self.id, "used_bytes": fill.used, "max_bytes": fill.limit})
         self._store_full = fill.full
 
-
-def _quiet(future: asyncio.Future) -> None:
-    """A fire-and-forget count: a lost one (Redis unreachable) must not log 'exception never retrieved'."""
-    if not future.cancelled():
-        future.exception()

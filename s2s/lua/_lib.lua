@@ -12,8 +12,9 @@ end
 
 -- Append an event frame to the job's bounded log and publish it; seq rises by one per event.
 -- The log's lifetime is set when it starts and again when the job ends (retain).
-local function emit(job_key, events_key, channel, frame, ttl_ms, max_events)
-  frame['seq'] = redis.call('HINCRBY', job_key, 'seq', 1)
+-- seq: the event's seq when the caller wrote it already (its HSET set the job's seq to it), else counted here.
+local function emit(job_key, events_key, channel, frame, ttl_ms, max_events, seq)
+  frame['seq'] = seq or redis.call('HINCRBY', job_key, 'seq', 1)
   local data = cjson.encode(frame)
   local length = redis.call('RPUSH', events_key, data)
   if length == 1 then
@@ -37,15 +38,19 @@ end
 --    channel, retention_ms, max_events, blob_key_prefix, photo_budget}
 -- With a blob key prefix (the photos are in this Redis) each job's photo comes along, while the photos
 -- so far fit in photo_budget bytes: a job starts without another round trip (false: the worker reads it).
+-- now, now_us: Redis's clock if the caller read it already (else read here).
 -- Returns {paused(0/1), next_delayed_ms or -1, now, then 10 values per claimed job}
-local function claim_jobs(k, a)
-  local now, now_us = clock()
-  local due = redis.call('ZRANGEBYSCORE', k[3], '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', k[3], id)
-    redis.call('RPUSH', k[1], id)
-  end
+local function claim_jobs(k, a, now, now_us)
+  if not now then now, now_us = clock() end
   local nxt = redis.call('ZRANGE', k[3], 0, 0, 'WITHSCORES')
+  if nxt[2] and tonumber(nxt[2]) <= now then  -- retries are due: promote them, then look again
+    local due = redis.call('ZRANGEBYSCORE', k[3], '-inf', now, 'LIMIT', 0, 1000)
+    for _, id in ipairs(due) do
+      redis.call('ZREM', k[3], id)
+      redis.call('RPUSH', k[1], id)
+    end
+    nxt = redis.call('ZRANGE', k[3], 0, 0, 'WITHSCORES')
+  end
   local next_due = -1
   if nxt[2] then next_due = tonumber(nxt[2]) end
   if redis.call('EXISTS', k[4]) == 1 then return {1, next_due, now} end
@@ -58,17 +63,18 @@ local function claim_jobs(k, a)
   for _, id in ipairs(ids) do
     local job_key = a[4] .. id
     local f = redis.call('HMGET', job_key, 'heroName', 'themeId', 'styleKey', 'kind', 'inputType', 'maxAttempts',
-                         'status', 'fence', 'attempts', 'retryAt', 'photo')
+                         'status', 'fence', 'attempts', 'retryAt', 'photo', 'webhookStarted', 'webhook', 'seq')
     if f[7] == 'queued' then
       local fence = tonumber(f[8]) + 1
       local attempts = tonumber(f[9]) + 1
+      local seq = (tonumber(f[14]) or 0) + 1  -- the start event's, written with the rest (see emit)
       redis.call('HSET', job_key, 'status', 'processing', 'progress', 0, 'message', 'Starting', 'fence', fence,
-                 'attempts', attempts, 'startedAt', now, 'startedAtUs', now_us, 'worker', a[3])
+                 'attempts', attempts, 'startedAt', now, 'startedAtUs', now_us, 'worker', a[3], 'seq', seq)
       if f[10] then redis.call('HDEL', job_key, 'retryAt') end
       redis.call('ZADD', k[2], deadline, id)
       emit(job_key, job_key .. a[5], a[6], {type = 'job_progress', jobId = id, status = 'processing',
-           progress = 0, message = 'Starting'}, tonumber(a[7]), tonumber(a[8]))
-      webhook_started(job_key, id, now, tonumber(a[7]))  -- _webhooks.lua
+           progress = 0, message = 'Starting'}, tonumber(a[7]), tonumber(a[8]), seq)
+      webhook_started(job_key, id, now, tonumber(a[7]), f[12], f[13], seq)  -- _webhooks.lua
       out[#out + 1] = id
       out[#out + 1] = fence
       out[#out + 1] = attempts

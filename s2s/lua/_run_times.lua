@@ -2,8 +2,9 @@
 -- A capped list of the latest completed attempts' run times (claim to completion, ms), newest first.
 local RUN_TIME_SAMPLE = 20
 
-local function record_run_time(list_key, job_key, now, ttl_ms)
-  local started = tonumber(redis.call('HGET', job_key, 'startedAt'))
+-- started: the job's startedAt as the caller read it (false or nil: not started)
+local function record_run_time(list_key, now, ttl_ms, started)
+  started = tonumber(started)
   if not started then return end
   redis.call('LPUSH', list_key, math.max(0, now - started))
   redis.call('LTRIM', list_key, 0, RUN_TIME_SAMPLE - 1)

@@ -3,10 +3,11 @@
 -- KEYS: job, metrics counters
 -- ARGV: fence, metrics field
 -- Returns the job's upstream calls so far (0: the job is gone)
-if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
+local fence = redis.call('HGET', KEYS[1], 'fence')  -- every job has one (enqueue.lua): none, no job
+if not fence then return 0 end
+if fence == ARGV[1] then
   -- a write that cannot grow memory first, so that a full store still counts (see extend.lua)
   redis.call('HDEL', KEYS[1], 'stalled')
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 return redis.call('HINCRBY', KEYS[1], 'upstreamCalls', 1)
