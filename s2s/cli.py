@@ -271,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     digest.add_argument("job_id", nargs="+")
     digest.set_defaults(func=cmd_job_digest)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["job-digest"] and len(argv) > 1 and argv[1] not in ("-h", "--help"):
+        # job ids are URL-safe base64 and one in 64 starts with '-', which argparse takes for an option
+        ids = argv[2:] if argv[1] == "--" else argv[1:]
+        return cmd_job_digest(argparse.Namespace(job_id=ids))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -197,3 +197,12 @@ def test_submit_reports_a_refused_photo(tmp_path, stack):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "refused (400)" in done.stderr and "not a readable JPEG, PNG or WebP image" in done.stderr
+
+
+def test_job_digest_takes_an_id_that_starts_with_a_dash(capsys):
+    """One job id in 64 starts with '-' (URL-safe base64): argparse took it for an option and exited 2."""
+    from s2s import cli, logs
+    assert cli.main(["job-digest", "-Ak14M38jzBbf2EaCUBFcLpe", "abc"]) == 0
+    assert cli.main(["job-digest", "--", "-Ak14M38jzBbf2EaCUBFcLpe"]) == 0
+    assert capsys.readouterr().out.split() == [logs.job_digest("-Ak14M38jzBbf2EaCUBFcLpe"), logs.job_digest("abc"),
+                                               logs.job_digest("-Ak14M38jzBbf2EaCUBFcLpe")]
