@@ -6,7 +6,7 @@ Worker side: with ``--py-spy`` the worker runs under ``py-spy record`` (if insta
 functions by own time are printed, as a share of the worker's samples.
 
 Bounded: one drain of ``--jobs`` jobs, at most ``the phase limit`` s.
-Usage: python bench/queue_profile.py [--jobs 10000] [--delay-ms 0] [--py-spy /tmp/worker.txt]
+Usage: python bench/queue_profile.py [--jobs 10000] [--delay-ms 0] [--py-spy /tmp/worker.txt] [--per-script]
 """
 
 from __future__ import annotations
@@ -28,9 +28,30 @@ from queue_throughput import completed, enqueue_many, start_worker, stop_worker,
 
 from s2s.embedded import EmbeddedRedis  # noqa: E402
 from s2s.queue import Queue  # noqa: E402
+from s2s.scripts import SCRIPTS  # noqa: E402
 from s2s.settings import Settings  # noqa: E402
 
 SPY_RATE = 250  # samples/s
+SLOWLOG_LEN = 200_000  # the last this many commands are kept, for the time per script
+
+
+def per_script(client: sync_redis.Redis) -> list[tuple[str, int, float, float]]:
+    """Each script's (name, calls, median us, p90 us), from the slowlog of every command.
+
+    Lua's own share is what commandstats cannot split: EVALSHA's time holds its commands'.
+    """
+    by_sha = {s.sha: name for name, s in SCRIPTS.items()}
+    times: dict[str, list[int]] = collections.defaultdict(list)
+    for entry in client.slowlog_get(SLOWLOG_LEN):
+        parts = entry["command"].split(b" ") if isinstance(entry["command"], bytes) else entry["command"].split(" ")
+        if parts and parts[0].upper() in (b"EVALSHA", "EVALSHA") and len(parts) > 1:
+            sha = parts[1].decode() if isinstance(parts[1], bytes) else parts[1]
+            times[by_sha.get(sha, sha[:8])].append(entry["duration"])
+    out = []
+    for name, durations in sorted(times.items(), key=lambda kv: -sum(kv[1])):
+        durations.sort()
+        out.append((name, len(durations), durations[len(durations) // 2], durations[len(durations) * 9 // 10]))
+    return out
 
 
 def commandstats(client: sync_redis.Redis) -> dict[str, tuple[int, int]]:
@@ -66,11 +87,15 @@ def py_spy_top(raw_path: Path, top: int) -> list[tuple[float, str]]:
     return [(n / total, frame) for frame, n in own.most_common(top)] if total else []
 
 
-async def drain(settings: Settings, client: sync_redis.Redis, n: int, delay_ms: int, spy: Path | None) -> float:
+async def drain(settings: Settings, client: sync_redis.Redis, n: int, delay_ms: int, spy: Path | None,
+                per_script_times: bool) -> float:
     queue = Queue.connect(settings)
     await enqueue_many(queue, n)
     base = completed(client, queue)
     client.config_resetstat()
+    if per_script_times:  # every command in the slowlog, for the time per script (slows Redis by a fifth)
+        client.config_set("slowlog-log-slower-than", 0)
+        client.config_set("slowlog-max-len", SLOWLOG_LEN)
     client.slowlog_reset()
     started = time.monotonic()
     worker = start_worker(settings, 50, delay_ms)
@@ -98,6 +123,8 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--py-spy", metavar="FILE", help="record the worker with py-spy into FILE (raw stacks)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--per-script", action="store_true",
+                        help="log every command in the slowlog and print each script's median time (slower)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(tmp, persistent=False)
@@ -106,8 +133,9 @@ def main() -> None:
             settings = Settings.from_env({}, dotenv=None, redis_url=url, retention_seconds=3600)
             client = sync_redis.Redis.from_url(url)
             spy = Path(args.py_spy) if args.py_spy else None
-            elapsed = asyncio.run(drain(settings, client, args.jobs, args.delay_ms, spy))
+            elapsed = asyncio.run(drain(settings, client, args.jobs, args.delay_ms, spy, args.per_script))
             stats = commandstats(client)
+            info = client.info("stats")
             n = args.jobs
             print(f"{n} no-op jobs drained in {elapsed:.1f} s (incl. worker start-up) by one worker at concurrency 50")
             print("Redis side, per job:   command          calls/job   usec/call   usec/job")
@@ -118,9 +146,13 @@ def main() -> None:
                 total += usec / n
                 print(f"                       {name:16s} {calls / n:9.2f} {usec / calls:11.1f} {usec / n:10.1f}")
             print(f"                       {'total':16s} {'':9s} {'':11s} {total:10.1f}")
-            for entry in client.slowlog_get(5):
-                cmd = entry["command"][:60] if isinstance(entry["command"], bytes) else entry["command"]
-                print(f"slowlog: {entry['duration']} us  {cmd!r}")
+            print(f"Round trips per job: {info['total_reads_processed'] / n:.2f} reads and "
+                  f"{info['total_writes_processed'] / n:.2f} writes by Redis; "
+                  f"{info['total_net_input_bytes'] / n:.0f} bytes in, {info['total_net_output_bytes'] / n:.0f} out")
+            if args.per_script:
+                print("Per script (slowlog of every command; the last calls):  calls  median us  p90 us")
+            for name, calls, median, p90 in per_script(client) if args.per_script else ():
+                print(f"                       {name:16s} {calls:9d} {median:10d} {p90:7d}")
             if spy and spy.exists():
                 total_samples, layers = py_spy_layers(spy)
                 print(f"Worker side (py-spy at {SPY_RATE} Hz, busy samples): "

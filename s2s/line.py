@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from s2s.queue import Queue
 
 CAPACITY_TTL_S = 2.0  # the live workers and their run times are read at most this often per process
+RUN_TIME_SAMPLE = 20  # the latest run times an ETA is made of (s2s/lua/_run_times.lua keeps as many, and up to twice)
 MAX_IDS_PER_READ = 2000  # job ids per places script: each read (one pass over the list at most) stays short
 
 
@@ -113,7 +114,7 @@ class Line:
         slots = {name: provider_slots(self.queue.settings, name, n) for name, n in slots.items()}
         pipe = self.queue.redis.pipeline(transaction=False)
         for name in slots:
-            pipe.lrange(self.queue.keys.run_times(name), 0, -1)
+            pipe.lrange(self.queue.keys.run_times(name), 0, RUN_TIME_SAMPLE - 1)
         weighted, weight = 0.0, 0
         for n, samples in zip(slots.values(), await pipe.execute(), strict=True):
             if samples and n:

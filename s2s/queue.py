@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from s2s import connections, deletion, scripts
 from s2s.claims import Claim, ClaimBatch, parse_claims
+from s2s.completions import Completions
 from s2s.fleet import WORKER_MEMORY_MS, Fleet
 from s2s.job_requests import IdempotencyConflict, IdempotencyKey, NewJob, new_job_id
 from s2s.keys import Keys
@@ -58,6 +59,7 @@ class Queue:
         self.keys = Keys(settings.key_prefix)
         self.settings = settings
         self.retention_ms = settings.retention_seconds * 1000
+        self._completions: dict[str, Completions] = {}  # by worker id
         self.lanes = scripts.Lanes(redis)  # the worker's calls, batched into pipelines (a job's on its own lane)
         #: the blobs live in this very Redis: scripts and the pipelines read and write them with the job
         self.blobs_inline = self.blobs.scheme == "redis" and getattr(self.blobs, "redis", None) is redis
@@ -206,6 +208,16 @@ class Queue:
                 [count, self.settings.lease_ms, worker_id, self._job_prefix, self._events_suffix, *self._common(),
                  self._blob_prefix, CLAIM_PHOTO_BUDGET])
 
+    def _completions_of(self, worker_id: str) -> Completions:
+        """The kind of this worker's completions: those that meet in a pipeline are one script call."""
+        kind = self._completions.get(worker_id)
+        if kind is None:
+            (waiting, active, delayed, paused), args = self._claim_args(worker_id, 0)
+            k = self.keys
+            kind = self._completions[worker_id] = Completions(
+                (active, k.completed, k.totals, waiting, delayed, paused), args[1:])
+        return kind
+
     async def claim(self, worker_id: str, count: int) -> ClaimBatch:
         keys, args = self._claim_args(worker_id, count)
         return parse_claims(await scripts.call(self.redis, "claim", keys, args))
@@ -297,17 +309,13 @@ class Queue:
         k, j = self.keys, claim.job_id
         key = await self.store_picture(claim, data, content_type)
         inline = self.blobs_inline
-        claim_keys, claim_args = self._claim_args(worker_id, count)
-        reply = await self.lanes.of(j).call(
-            "complete",
-            [k.job(j), k.job_events(j), k.active, k.completed, k.totals, *claim_keys[:1], *claim_keys[2:],
-             self.blobs.redis_key(key) if inline else k.job(j), k.run_times(provider),
-             self.blobs.redis_key(job_blob(j, "photo")) if inline else k.job(j)],
-            [claim.fence, key, content_type, image_path(j), provider, *claim_args, data if inline else "",
-             int(inline)])
-        ok = bool(reply[0])
+        ok, batch = await self.lanes.of(j).merged(self._completions_of(worker_id), Completions.Item(
+            keys=(k.job(j), k.job_events(j), self.blobs.redis_key(key) if inline else k.job(j), k.run_times(provider),
+                  self.blobs.redis_key(job_blob(j, "photo")) if inline else k.job(j)),
+            args=(claim.fence, key, content_type, image_path(j), provider, data if inline else "", int(inline)),
+            count=count))
         if inline:  # the script deleted the photo, and wrote the picture only if the job was still ours
-            return ok, parse_claims(reply[1:])
+            return ok, batch
         try:
             if ok:
                 await self.forget_photo(j)
@@ -315,7 +323,7 @@ class Queue:
                 await self.blobs.delete(key)
         except Exception:  # noqa: BLE001 (the job is settled; the blob expires anyway)
             log.warning("could not delete a blob after completing", exc_info=True)
-        return ok, parse_claims(reply[1:])
+        return ok, batch
 
     async def fail(self, claim: Claim, error: str, code: str, *, retryable: bool, delay_ms: int,
                    refund: bool = False) -> int:

@@ -3,8 +3,8 @@
 Every state change of a job is one script, so it is atomic: a job is always in
 exactly one of waiting, processing (leased), delayed, completed, failed or
 cancelled, and stats are exact. The submit limits (admit) and the providers'
-shared rate limits (rate_*) are scripts too; each script is prefixed with the
-library files: _webhooks.lua, the recording of a job's webhook by the scripts that
+shared rate limits (rate_*) are scripts too; each script that uses them is prefixed
+with the library files: _webhooks.lua, the recording of a job's webhook by the scripts that
 end (or start) it; _lib.lua, the one copy of Redis's clock and of the sliding window;
 and _run_times.lua, the recent run times the queue's ETA is made of.
 """
@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-LIBRARIES = ("_webhooks", "_lib", "_run_times")  # prepended to every script, in this order (_lib uses _webhooks)
+LIBRARIES = ("_webhooks", "_lib", "_run_times")  # prepended in this order (_lib uses _webhooks)
 _LIB = "\n".join(resources.files("s2s.lua").joinpath(f"{name}.lua").read_text() for name in LIBRARIES)
+#: a script that calls none of these gets no library: Redis would define every one of them on each call
+_LIB_FUNCTIONS = re.findall(r"^local function (\w+)\(", _LIB, re.MULTILINE)
+_USES_LIB = re.compile(r"\b(?:" + "|".join(_LIB_FUNCTIONS) + r")\(")
 NAMES = ("enqueue", "claim", "extend", "progress", "complete", "fail", "release", "reap", "stats", "cancel",
          "retry", "upstream", "admit", "rate_acquire", "rate_renew", "rate_pause", "delete", "places",
          "webhook_claim", "webhook_settle", "webhook_redeliver")
@@ -30,7 +34,8 @@ NAMES = ("enqueue", "claim", "extend", "progress", "complete", "fail", "release"
 class Script:
     def __init__(self, name: str):
         self.name = name
-        self.source = _LIB + "\n" + resources.files("s2s.lua").joinpath(f"{name}.lua").read_text()
+        body = resources.files("s2s.lua").joinpath(f"{name}.lua").read_text()
+        self.source = _LIB + "\n" + body if _USES_LIB.search(body) else body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
 
@@ -53,8 +58,25 @@ async def call(redis: aioredis.Redis, name: str, keys: Sequence[Any], args: Sequ
         return await redis.eval(script.source, len(keys), *keys, *args)
 
 
+def evalsha(name: str, keys: Sequence[Any], args: Sequence[Any]) -> tuple:
+    """The command that runs a script by its SHA (a pipeline runs it again as EVAL if Redis forgot it)."""
+    return ("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
+
+
 MAX_BATCH = 25  # calls per pipeline (see Pipeliner)
 LANES = 4  # pipelines a worker may have in flight for its jobs' calls at once (see Lanes)
+
+
+class Merged(Protocol):
+    """Calls of one kind that ride as one command when they meet in a pipeline (see :meth:`Pipeliner.merged`).
+
+    Compared by identity: calls of one object merge. ``command`` makes the one command of several
+    calls' items, ``split`` gives each item its answer from that command's reply.
+    """
+
+    def command(self, items: list) -> tuple: ...
+
+    def split(self, reply: Any, items: list) -> list: ...
 
 
 class Pipeliner:
@@ -69,17 +91,29 @@ class Pipeliner:
 
     def __init__(self, redis: aioredis.Redis):
         self._redis = redis
-        self._pending: list[tuple[tuple, asyncio.Future]] = []
+        self._pending: list[tuple[Merged | None, Any, asyncio.Future]] = []  # (kind, item or command, answer)
         self._flusher: asyncio.Task | None = None
 
     def call(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future:
         """Run a script in the next pipeline."""
-        return self.command("EVALSHA", SCRIPTS[name].sha, len(keys), *keys, *args)
+        return self.command(*evalsha(name, keys, args))
 
     def command(self, *args: Any) -> asyncio.Future:
         """Run any Redis command in the next pipeline."""
+        return self._add(None, args)
+
+    def merged(self, kind: Merged, item: Any) -> asyncio.Future:
+        """Run a call that shares one command with the calls of its kind in the same pipeline.
+
+        That command takes the place of the kind's last call in the pipeline: every call made before
+        any of them still runs first, and a call made between two of them runs before both, so this is
+        for calls after which their caller makes no other (a job's completion).
+        """
+        return self._add(kind, item)
+
+    def _add(self, kind: Merged | None, payload: Any) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append((args, fut))
+        self._pending.append((kind, payload, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         return fut
@@ -87,20 +121,24 @@ class Pipeliner:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            commands, owners = _assemble(batch)
             try:
-                results = await self._run([args for args, _ in batch])
+                results = await self._run(commands)
             except Exception as exc:  # connection trouble: every caller hears of it
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(result, Exception):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+                results = [exc] * len(commands)
+            for (kind, items, futures), result in zip(owners, results, strict=True):
+                if kind is not None and not isinstance(result, Exception):
+                    try:
+                        result = kind.split(result, items)
+                    except Exception as exc:  # noqa: BLE001 (a reply of the wrong shape: its callers hear of it)
+                        result = exc
+                for i, fut in enumerate(futures):
+                    if fut.done():
+                        continue
+                    if isinstance(result, Exception):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result[i] if kind is not None else result)
 
     async def _run(self, commands: list[tuple]) -> list:
         results = await self._pipeline(commands)
@@ -130,6 +168,29 @@ class Pipeliner:
         """Wait until every call made so far has its answer."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
+
+
+def _assemble(batch: list[tuple[Merged | None, Any, asyncio.Future]]) -> tuple[list[tuple], list[tuple]]:
+    """A batch's commands, and whose answer each is: (kind or None, items, futures) per command.
+
+    Plain commands keep their order; each kind's calls become one command where its last call was.
+    """
+    last = {id(kind): i for i, (kind, _, _) in enumerate(batch) if kind is not None}
+    waiting: dict[int, tuple[list, list]] = {}
+    commands, owners = [], []
+    for i, (kind, payload, fut) in enumerate(batch):
+        if kind is None:
+            commands.append(payload)
+            owners.append((None, None, [fut]))
+            continue
+        items, futures = waiting.setdefault(id(kind), ([], []))
+        items.append(payload)
+        futures.append(fut)
+        if last[id(kind)] == i:
+            del waiting[id(kind)]
+            commands.append(kind.command(items))
+            owners.append((kind, items, futures))
+    return commands, owners
 
 
 class Lanes:

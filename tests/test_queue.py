@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from pathlib import Path
 
 import attrs
 import pytest
 
+from s2s import line
 from s2s import queue as queue_module
 from s2s.job_requests import IdempotencyConflict, IdempotencyKey, NewJob
 from s2s.models import JobStatus
@@ -408,5 +410,84 @@ def test_after_redis_forgets_its_scripts_each_pipeline_out_runs_again_only_what_
         for job_id in ids:
             assert int(redis_client.get(q.keys.job(job_id) + ":n")) == 1
             assert [e["progress"] for e in await q.events(job_id) if e["type"] == "job_progress"][-1] == 30
+
+    run(settings, body)
+
+
+def test_jobs_that_finish_together_are_settled_by_one_script_call_each_on_its_own(settings, redis_client):
+    # twenty jobs finish at once, one of them cancelled meanwhile: each lane's completions ride as one
+    # complete.lua call, yet every job is settled (or refused) on its own, with its own events and stats
+    async def body(q: Queue):
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(20)]
+        claims = (await q.claim("w", 20)).claims
+        assert await q.cancel(ids[7]) == "processing"
+        await queue_module.scripts.load_all(q.redis)  # as a worker does at start: no call is refused and sent again
+        redis_client.config_resetstat()
+        answers = await asyncio.gather(*[
+            q.complete_and_claim(c, f"picture {c.job_id}".encode(), "image/png", "noop", worker_id="w", count=0)
+            for c in claims])
+        calls = redis_client.info("commandstats")["cmdstat_evalsha"]["calls"]
+        assert calls <= queue_module.scripts.LANES, f"{calls} script calls settled 20 jobs"
+        assert [ok for ok, _ in answers] == [job_id != ids[7] for job_id in ids]
+        for job_id in ids:
+            events = [e["type"] for e in await q.events(job_id)]
+            if job_id == ids[7]:
+                assert events[-1] == "job_cancelled" and "job_completed" not in events
+                assert await q.result(job_id) is None
+            else:
+                assert events[-1] == "job_completed" and events.count("job_completed") == 1
+                assert await q.result(job_id) == (f"picture {job_id}".encode(), "image/png")
+        stats = await q.stats()
+        assert (stats.active, stats.totals["completed"], stats.cancelled) == (0, 19, 1)
+
+    run(settings, body)
+
+
+def test_completions_in_one_call_share_the_jobs_they_claim_in_the_order_they_asked(settings):
+    # three completions on one lane ask for 2, 0 and 1 next jobs: with three waiting each gets what it
+    # asked for; with two waiting the first asker gets both
+    async def body(q: Queue):
+        for waiting in (3, 2):
+            first = [(await q.enqueue(job(f"a{i}")))[0] for i in range(40)]
+            claims = (await q.claim("w", 40)).claims
+            lane = q.lanes.of(claims[0].job_id)
+            same = [c for c in claims if q.lanes.of(c.job_id) is lane][:3]
+            assert len(same) == 3, "forty jobs put three on one lane"
+            nxt = [(await q.enqueue(job(f"b{i}")))[0] for i in range(waiting)]
+            answers = await asyncio.gather(*[
+                q.complete_and_claim(c, b"p", "image/png", "noop", worker_id="w", count=n)
+                for c, n in zip(same, (2, 0, 1), strict=True)])
+            shares = [[c.job_id for c in batch.claims] for _, batch in answers]
+            assert all(ok for ok, _ in answers)
+            assert shares == ([nxt[:2], [], nxt[2:]] if waiting == 3 else [nxt, [], []])
+            for share in answers:
+                for claim in share[1].claims:
+                    assert (await q.get(claim.job_id)).status is JobStatus.PROCESSING
+                    assert await q.complete(claim, b"p", "image/png", "noop")
+            others = [c for c in claims if c not in same]
+            await asyncio.gather(*[q.complete(c, b"p", "image/png", "noop") for c in others])
+            assert (await q.stats()).active == 0 and len(first) == 40
+
+    run(settings, body)
+
+
+def test_run_times_keep_the_latest_sample_trimmed_now_and_then(settings, redis_client):
+    # the queue's ETA reads the latest RUN_TIME_SAMPLE run times; the list is trimmed back to that many
+    # once it holds twice as many, and always expires with the retention time
+    lua = (Path(queue_module.__file__).parent / "lua" / "_run_times.lua").read_text()
+    assert f"local RUN_TIME_SAMPLE = {line.RUN_TIME_SAMPLE}\n" in lua, "one sample size, in Lua and in s2s.line"
+
+    async def body(q: Queue):
+        key = q.keys.run_times("noop")
+        lengths = []
+        for i in range(3 * line.RUN_TIME_SAMPLE):
+            await q.enqueue(job(f"h{i}"))
+            (claim,) = (await q.claim("w", 1)).claims
+            assert await q.complete(claim, b"p", "image/png", "noop")
+            lengths.append(redis_client.llen(key))
+        n = line.RUN_TIME_SAMPLE
+        assert lengths[:2 * n] == list(range(1, 2 * n + 1))
+        assert max(lengths) == 2 * n and min(lengths[2 * n:]) == n
+        assert 0 < redis_client.pttl(key) <= settings.retention_seconds * 1000
 
     run(settings, body)

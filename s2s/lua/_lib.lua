@@ -80,12 +80,9 @@ local function claim_jobs(k, a, now, now_us)
       out[#out + 1] = attempts
       for i = 1, 6 do out[#out + 1] = f[i] end
       local photo = false
-      if blobs ~= '' and f[11] then
-        local size = redis.call('STRLEN', blobs .. f[11])
-        if size > 0 and size <= budget then
-          photo = redis.call('GET', blobs .. f[11])
-          budget = budget - size
-        end
+      if blobs ~= '' and f[11] and budget > 0 then  -- one read, the size checked after it (photos are small)
+        photo = redis.call('GET', blobs .. f[11])
+        if photo and #photo > 0 and #photo <= budget then budget = budget - #photo else photo = false end
       end
       out[#out + 1] = photo
     end
