@@ -33,12 +33,16 @@ class ClaimBatch:
     now_ms: int
 
 
+CLAIM_HEAD = 3  # paused, next retry due, Redis's clock: before the claimed jobs in claim_jobs's answer (_lib.lua)
+CLAIM_FIELDS = 10  # values per claimed job there
+
+
 def parse_claims(reply: list) -> ClaimBatch:
     paused, next_due, now = int(reply[0]), int(reply[1]), int(reply[2])
     claims = []
-    rest = reply[3:]
-    for i in range(0, len(rest), 10):
-        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts, photo = rest[i:i + 10]
+    rest = reply[CLAIM_HEAD:]
+    for i in range(0, len(rest), CLAIM_FIELDS):
+        job_id, fence, attempt, hero, theme, style, kind, photo_type, max_attempts, photo = rest[i:i + CLAIM_FIELDS]
         claims.append(Claim(job_id=text(job_id), fence=text(fence), attempt=int(attempt),
                             max_attempts=int(max_attempts or 1), hero_name=text(hero or b""),
                             theme_id=text(theme or b""), style_key=text(style or b""), kind=text(kind or b""),

@@ -15,10 +15,7 @@ from typing import Any
 import attrs
 
 from s2s import scripts
-from s2s.claims import ClaimBatch, parse_claims
-
-CLAIM_FIELDS = 10  # values per claimed job in claim_jobs's answer (s2s/lua/_lib.lua)
-CLAIM_HEAD = 3  # paused, next retry due, Redis's clock: before the claimed jobs
+from s2s.claims import CLAIM_FIELDS, CLAIM_HEAD, ClaimBatch, parse_claims
 
 
 class Completions:
