@@ -12,7 +12,9 @@ import asyncio
 import json
 import time
 
+import attrs
 import pytest
+import redis.exceptions
 
 from s2s import scripts
 from s2s.catalog import Catalog
@@ -131,6 +133,30 @@ def test_a_black_holed_redis_gets_answers_within_bounds(tmp_path):
             assert (code, body["code"]) == (503, "redis_unavailable"), body
         rig.thaw_redis()
         assert rig.submit(url, 1)[0][0] == 202, "and all is well once it answers again"
+
+
+def test_a_worker_lane_on_a_frozen_redis_times_out_and_a_late_answer_is_never_taken_for_the_next(tmp_path):
+    """Frozen Redis, connections open: a worker's pipelined call fails with Redis's timeout (the worker tries
+    a job's write again, s2s.worker_chores.settle) within the caller's own patience; once Redis thaws, the
+    frozen call's late answer is not read as the next call's: the lane goes on on a fresh connection."""
+    with Rig(tmp_path) as rig:
+        async def run() -> list:
+            queue = Queue.connect(attrs.evolve(rig.settings, redis_timeout_ms=300))
+            lane = queue.lanes.of("job-1")
+            try:
+                answers = [await lane.command("INCR", "n")]
+                rig.freeze_redis()
+                try:
+                    with pytest.raises(redis.exceptions.TimeoutError):
+                        await asyncio.wait_for(lane.command("INCR", "n"), 3.0)  # past 3 s: asyncio's, and a failure
+                finally:
+                    rig.thaw_redis()
+                answers.append(await lane.command("INCR", "n"))
+                return answers
+            finally:
+                await queue.close()
+
+        assert asyncio.run(run()) == [1, 3], "the frozen INCR ran once Redis thawed; its answer went nowhere"
 
 
 # ---- review findings ----------------------------------------------------------------------------

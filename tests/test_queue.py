@@ -491,3 +491,25 @@ def test_run_times_keep_the_latest_sample_trimmed_now_and_then(settings, redis_c
         assert 0 < redis_client.pttl(key) <= settings.retention_seconds * 1000
 
     run(settings, body)
+
+
+def test_a_lane_whose_connection_was_dropped_sends_its_next_calls_once_on_a_fresh_one(settings, redis_client):
+    # each lane keeps one connection; Redis dropping them all between round trips (a failover, a restart,
+    # an idle timeout) costs no call: the next pipeline of each lane goes out once more on a new connection
+    async def body(q: Queue):
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(12)]
+        claims = (await q.claim("w", 12)).claims
+        assert await asyncio.gather(*[q.progress(c, 10, "sketching") for c in claims]) == [1] * 12
+        mine = [c for c in redis_client.client_list() if c["name"] == "" and c["cmd"] in ("evalsha", "eval")]
+        assert mine, "the lanes' connections are open"
+        for client in mine:
+            redis_client.client_kill_filter(_id=client["id"])
+        counted = [q.lanes.of(c.job_id).command("INCR", q.keys.job(c.job_id) + ":n") for c in claims]
+        assert await asyncio.gather(*[q.progress(c, 40, "drawing") for c in claims]) == [1] * 12
+        assert await asyncio.gather(*counted) == [1] * 12
+        for job_id in ids:
+            assert int(redis_client.get(q.keys.job(job_id) + ":n")) == 1
+            progress = [e["progress"] for e in await q.events(job_id) if e["type"] == "job_progress"]
+            assert progress[-2:] == [10, 40] and progress.count(40) == 1
+
+    run(settings, body)
