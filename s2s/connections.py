@@ -12,9 +12,15 @@ retried, so the bound holds.
 from __future__ import annotations
 
 import socket
+from operator import length_hint
 
 import redis
 import redis.asyncio as aioredis
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - a dependency (redis[hiredis]); without it redis-py's own connection is used
+    hiredis = None
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.connection import HIREDIS_AVAILABLE, HiredisRespSerializer
@@ -49,6 +55,7 @@ def options(settings: Settings, blocking_s: float = 0.0) -> dict:
 #: copies every argument into one buffer, which for a 9 MB photo held the API's GIL for ms: half of the API
 #: process's GIL time in the worst-case upload bench (py-spy --gil), 2026-12-02.
 BIG_ARGUMENT = 64 * 1024
+_HIREDIS_TYPES = frozenset({str, bytes, int, float})  # what hiredis.pack_command takes as it is
 
 
 class HiredisPackedConnection(aioredis.Connection):
@@ -61,10 +68,14 @@ class HiredisPackedConnection(aioredis.Connection):
     _packer = HiredisRespSerializer()
 
     def pack_command(self, *args):
-        for arg in args:
-            if isinstance(arg, (bytes, bytearray, memoryview, str)) and len(arg) > BIG_ARGUMENT:
-                return super().pack_command(*args)
-        return self._packer.pack(*args)
+        # Both checks run in C (length_hint: a string's length, 0 for a number). A merged completion has
+        # hundreds of arguments: redis-py's loop over them in Python (and the one here before) was a tenth
+        # of a draining worker's CPU; hiredis itself takes str, bytes, int and float, not a bytearray.
+        if max(map(length_hint, args), default=0) > BIG_ARGUMENT:
+            return super().pack_command(*args)
+        if type(args[0]) is str and " " not in args[0] and _HIREDIS_TYPES.issuperset(map(type, args)):
+            return [hiredis.pack_command(args)]
+        return self._packer.pack(*args)  # "SCRIPT LOAD" and the like split, bytearrays and views copied
 
 
 def url_of(settings: Settings, url: str | None = None) -> str:
