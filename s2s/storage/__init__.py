@@ -39,7 +39,7 @@ def job_prefix(job_id: str) -> str:
 
 def job_blob(job_id: str, name: str) -> str:
     """The key of one blob of a job, e.g. ``job_blob(id, "photo")``."""
-    return check_key(f"{job_prefix(job_id)}/{name}")
+    return check_key(f"jobs/{job_id}/{name}")  # valid whole, so its prefix is (one match: a few per job)
 
 
 class BlobStore(abc.ABC):
