@@ -16,11 +16,6 @@ from operator import length_hint
 
 import redis
 import redis.asyncio as aioredis
-
-try:
-    import hiredis
-except ImportError:  # pragma: no cover - a dependency (redis[hiredis]); without it redis-py's own connection is used
-    hiredis = None
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.connection import HIREDIS_AVAILABLE, HiredisRespSerializer
@@ -28,6 +23,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from s2s.settings import Settings
+
+if HIREDIS_AVAILABLE:  # a dependency (redis[hiredis]); without it the pools keep redis-py's own connection class
+    import hiredis
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 HEALTH_CHECK_S = 15  # a pooled connection idle this long is PINGed before use
