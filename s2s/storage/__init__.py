@@ -32,14 +32,17 @@ def check_key(key: str) -> str:
     return key
 
 
+JOBS = "jobs"  # the top segment every job's blobs live under
+
+
 def job_prefix(job_id: str) -> str:
     """Every blob of one job is under this prefix: ``delete_prefix(job_prefix(id))`` removes them all."""
-    return check_key(f"jobs/{job_id}")
+    return check_key(f"{JOBS}/{job_id}")
 
 
 def job_blob(job_id: str, name: str) -> str:
     """The key of one blob of a job, e.g. ``job_blob(id, "photo")``."""
-    return check_key(f"jobs/{job_id}/{name}")  # valid whole, so its prefix is (one match: a few per job)
+    return check_key(f"{JOBS}/{job_id}/{name}")  # valid whole, so its prefix is (one match: a few per job)
 
 
 class BlobStore(abc.ABC):
