@@ -21,6 +21,8 @@ from s2s.claims import CLAIM_FIELDS, CLAIM_HEAD, ClaimBatch, parse_claims
 class Completions:
     """complete.lua's calls of one worker (one set of claim arguments); merged in a pipeline by identity."""
 
+    first = False  # in the pipeline where its last call was made: nothing of its jobs comes after
+
     @attrs.frozen
     class Item:
         keys: tuple  # the job, its events, the picture's Redis key, the run times, the photo's Redis key

@@ -34,6 +34,7 @@ from s2s.redis_memory import StoreMemory
 from s2s.replies import text
 from s2s.settings import Settings
 from s2s.storage import BlobStore, job_blob, open_store
+from s2s.upstream_counts import UpstreamCounts
 from s2s.webhooks import store as webhook_store
 
 log = logging.getLogger("s2s.queue")
@@ -60,6 +61,7 @@ class Queue:
         self.settings = settings
         self.retention_ms = settings.retention_seconds * 1000
         self._completions: dict[str, Completions] = {}  # by worker id
+        self._upstream_counts: dict[str, UpstreamCounts] = {}  # by metrics field
         self.lanes = scripts.Lanes(redis)  # the worker's calls, batched into pipelines (a job's on its own lane)
         #: the blobs live in this very Redis: scripts and the pipelines read and write them with the job
         self.blobs_inline = self.blobs.scheme == "redis" and getattr(self.blobs, "redis", None) is redis
@@ -275,9 +277,13 @@ class Queue:
                                    [claim.fence, int(percent), message, *self._common()])
 
     def upstream_call(self, claim: Claim, metrics_field: str) -> asyncio.Future:
-        """Count an upstream call beginning, on the job and in the metrics counter ``metrics_field``."""
-        return self.lanes.of(claim.job_id).call("upstream", [self.keys.job(claim.job_id), self.keys.metrics_counters],
-                                   [claim.fence, metrics_field])
+        """Count an upstream call beginning, on the job and in the metrics counter ``metrics_field``; the
+        future answers the job's upstream calls so far (0: the job is gone). Calls that begin together
+        are counted by one script call."""
+        kind = self._upstream_counts.get(metrics_field)
+        if kind is None:
+            kind = self._upstream_counts[metrics_field] = UpstreamCounts(self.keys.metrics_counters, metrics_field)
+        return self.lanes.of(claim.job_id).merged(kind, (self.keys.job(claim.job_id), claim.fence))
 
     async def complete(self, claim: Claim, data: bytes, content_type: str, provider: str) -> bool:
         """Store the image and end the job; False when this worker no longer holds it."""

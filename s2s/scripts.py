@@ -76,8 +76,11 @@ class Merged(Protocol):
     """Calls of one kind that ride as one command when they meet in a pipeline (see :meth:`Pipeliner.merged`).
 
     Compared by identity: calls of one object merge. ``command`` makes the one command of several
-    calls' items, ``split`` gives each item its answer from that command's reply.
+    calls' items, ``split`` gives each item its answer from that command's reply. The command takes the
+    place of the kind's last call in the pipeline, or of its first when the kind says ``first = True``.
     """
+
+    first: bool
 
     def command(self, items: list) -> tuple: ...
 
@@ -113,7 +116,9 @@ class Pipeliner:
 
         That command takes the place of the kind's last call in the pipeline: every call made before
         any of them still runs first, and a call made between two of them runs before both, so this is
-        for calls after which their caller makes no other (a job's completion).
+        for calls after which their caller makes no other (a job's completion). A kind with ``first``
+        set takes its first call's place instead: each call runs before every call made after it, and
+        after those made before the first of them (an upstream call's count, before its job's end).
         """
         return self._add(kind, item)
 
@@ -207,21 +212,24 @@ async def _send_and_read(conn: AbstractConnection, commands: list[tuple]) -> lis
 def _assemble(batch: list[tuple[Merged | None, Any, asyncio.Future]]) -> tuple[list[tuple], list[tuple]]:
     """A batch's commands, and whose answer each is: (kind or None, items, futures) per command.
 
-    Plain commands keep their order; each kind's calls become one command where its last call was.
+    Plain commands keep their order; each kind's calls become one command where its last call was (or
+    its first, for a kind that says ``first``).
     """
-    last = {id(kind): i for i, (kind, _, _) in enumerate(batch) if kind is not None}
-    waiting: dict[int, tuple[list, list]] = {}
+    groups: dict[int, tuple[list, list, list[int]]] = {}  # per kind: items, futures, [where its command goes]
+    for i, (kind, payload, fut) in enumerate(batch):
+        if kind is not None:
+            items, futures, at = groups.setdefault(id(kind), ([], [], [i]))
+            items.append(payload)
+            futures.append(fut)
+            if not kind.first:
+                at[0] = i
     commands, owners = [], []
     for i, (kind, payload, fut) in enumerate(batch):
         if kind is None:
             commands.append(payload)
             owners.append((None, None, [fut]))
-            continue
-        items, futures = waiting.setdefault(id(kind), ([], []))
-        items.append(payload)
-        futures.append(fut)
-        if last[id(kind)] == i:
-            del waiting[id(kind)]
+        elif groups[id(kind)][2][0] == i:
+            items, futures, _ = groups[id(kind)]
             commands.append(kind.command(items))
             owners.append((kind, items, futures))
     return commands, owners

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import redis.exceptions
 
 from s2s import line
 from s2s import queue as queue_module
@@ -513,3 +514,68 @@ def test_a_lane_whose_connection_was_dropped_sends_its_next_calls_once_on_a_fres
             assert progress[-2:] == [10, 40] and progress.count(40) == 1
 
     run(settings, body)
+
+
+def test_upstream_calls_that_begin_together_are_counted_by_one_script_call_each_on_its_own(settings, redis_client):
+    # twelve jobs' paid calls begin at once, one of those jobs deleted meanwhile: each lane counts its
+    # calls in one upstream.lua call, each job's count its own, the metrics counter by the jobs still there
+    field = 's2s_upstream_calls_started_total{provider="noop"}'
+
+    async def body(q: Queue):
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(12)]
+        claims = (await q.claim("w", 12)).claims
+        redis_client.delete(q.keys.job(ids[5]))
+        await queue_module.scripts.load_all(q.redis)
+        redis_client.config_resetstat()
+        counts = await asyncio.gather(*[q.upstream_call(c, field) for c in claims])
+        calls = redis_client.info("commandstats")["cmdstat_evalsha"]["calls"]
+        assert calls <= queue_module.scripts.LANES, f"{calls} script calls counted 12 upstream calls"
+        assert counts == [0 if job_id == ids[5] else 1 for job_id in ids]
+        assert await asyncio.gather(*[q.upstream_call(c, field) for c in claims[:3]]) == [2, 2, 2]
+        assert int(redis_client.hget(q.keys.metrics_counters, field)) == 11 + 3
+        assert [(await q.get(job_id)).upstream_calls for job_id in ids[:3]] == [2, 2, 2]
+
+    run(settings, body)
+
+
+def test_upstream_calls_that_begin_while_redis_is_full_are_still_counted(settings, redis_client):
+    # Redis at maxmemory (noeviction) refuses a script's first write that may grow memory: the counts
+    # begin with writes that cannot, so a full store still counts every paid call (none looks unpaid)
+    field = 's2s_upstream_calls_started_total{provider="noop"}'
+
+    async def body(q: Queue):
+        ids = [(await q.enqueue(job(f"h{i}")))[0] for i in range(8)]
+        claims = (await q.claim("w", 8)).claims
+        await queue_module.scripts.load_all(q.redis)
+        redis_client.config_set("maxmemory", int(redis_client.info("memory")["used_memory"]) - 64 * 1024)
+        try:
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                redis_client.set("something-new", "x")  # the store is full indeed
+            assert await asyncio.gather(*[q.upstream_call(c, field) for c in claims]) == [1] * 8
+        finally:
+            redis_client.config_set("maxmemory", 0)
+        assert [(await q.get(job_id)).upstream_calls for job_id in ids] == [1] * 8
+        assert int(redis_client.hget(q.keys.metrics_counters, field)) == 8
+
+    run(settings, body)
+
+
+def test_a_pipeline_puts_each_merged_kind_where_its_first_or_its_last_call_was():
+    # a completion (last) comes after every call its job made; an upstream count (first) before them
+    class Kind:
+        def __init__(self, name, first):
+            self.name, self.first = name, first
+
+        def command(self, items):
+            return (self.name, *items)
+
+        def split(self, reply, items):
+            return reply
+
+    counts, ends = Kind("COUNT", True), Kind("END", False)
+    batch = [(None, ("GET", "a"), None), (counts, "j1", None), (ends, "j1", None), (None, ("GET", "b"), None),
+             (counts, "j2", None), (ends, "j2", None), (None, ("GET", "c"), None)]
+    commands, owners = queue_module.scripts._assemble(batch)
+    assert commands == [("GET", "a"), ("COUNT", "j1", "j2"), ("GET", "b"), ("END", "j1", "j2"), ("GET", "c")]
+    assert [(kind, items) for kind, items, _ in owners] == [
+        (None, None), (counts, ["j1", "j2"]), (None, None), (ends, ["j1", "j2"]), (None, None)]

@@ -1,13 +1,26 @@
--- A call to the image provider begins: one paid picture. Counted on the job (upstreamCalls) and in
+-- Calls to the image provider begin: one paid picture each. Counted on the job (upstreamCalls) and in
 -- the cluster's metrics at once, before the answer, so a worker killed mid-call still counted it.
--- KEYS: job, metrics counters
--- ARGV: fence, metrics field
--- Returns the job's upstream calls so far (0: the job is gone)
-local fence = redis.call('HGET', KEYS[1], 'fence')  -- every job has one (enqueue.lua): none, no job
-if not fence then return 0 end
-if fence == ARGV[1] then
-  -- a write that cannot grow memory first, so that a full store still counts (see extend.lua)
-  redis.call('HDEL', KEYS[1], 'stalled')
+-- One call counts the calls of several jobs that began while the lane's last round trip was out
+-- (s2s/upstream_counts.py).
+-- KEYS: metrics counters, then each job
+-- ARGV: metrics field, then each job's fence
+-- Returns each job's upstream calls so far, in order (0: the job is gone)
+local fences = {}
+for i = 2, #KEYS do
+  fences[i] = redis.call('HGET', KEYS[i], 'fence')  -- every job has one (enqueue.lua): none, no job
 end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-return redis.call('HINCRBY', KEYS[1], 'upstreamCalls', 1)
+for i = 2, #KEYS do
+  -- writes that cannot grow memory first, so that a full store still counts (see extend.lua)
+  if fences[i] and fences[i] == ARGV[i] then redis.call('HDEL', KEYS[i], 'stalled') end
+end
+local out, counted = {}, 0
+for i = 2, #KEYS do
+  if fences[i] then
+    counted = counted + 1
+    out[#out + 1] = redis.call('HINCRBY', KEYS[i], 'upstreamCalls', 1)
+  else
+    out[#out + 1] = 0
+  end
+end
+if counted > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], counted) end
+return out
