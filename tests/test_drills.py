@@ -333,7 +333,9 @@ def test_a_rolling_restart_of_every_api_and_worker_loses_no_job_and_no_event(sta
     worker_env = {"S2S_PROVIDER": "noop", "S2S_NOOP_DELAY_MS": 400}  # 4 slots at 2.5 jobs/s each: they overlap
     workers = [stack.worker(**worker_env) for _ in range(2)]
     watchers = Watchers(urls, count=4)  # two start on each API
-    submitter = Submitter(urls, watchers, max_jobs=150, interval=0.12)  # ~8 a second, bounded
+    # ~8 a second, bounded; the bound is far past what the steps need (90 on a quiet machine), so on a slow
+    # one the stream cannot run dry before the last step (each step waits for the stream to flow)
+    submitter = Submitter(urls, watchers, max_jobs=400, interval=0.12)
     stopping: dict[int, list[tuple[float, float]]] = {0: [], 1: []}  # API -> (SIGTERM sent, replacement up)
     exits: list[tuple[str, int]] = []  # (what, exit code)
     in_flight: dict = {}
