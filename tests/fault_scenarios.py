@@ -101,6 +101,12 @@ class Rig:
     def thaw_redis(self) -> None:
         os.kill(self.redis_server.process.pid, signal.SIGCONT)
 
+    def fill_redis(self) -> None:
+        """maxmemory (noeviction) at half of what Redis holds: every write that may grow memory is refused, and
+        no swing of its own (a finished job's photo freed, buffers shrinking) brings it back under the limit or
+        the high-water mark mid-drill, as a limit just under the reading did (a claim went on)."""
+        self.redis.config_set("maxmemory", int(self.redis.info("memory")["used_memory"]) // 2)
+
     # ---- what a client does and sees ------------------------------------------------------
     def submit(self, url: str, n: int = 1, photo: bytes | None = None, timeout: float = 10) -> list[tuple[int, dict]]:
         body = json.dumps({"heroName": "Mia", "originalImageBase64": data_url(photo or photo_bytes())}).encode()
@@ -218,9 +224,7 @@ def full_redis(rig: Rig) -> Outcome:
     rig.worker(WORKER_CONCURRENCY=2)
     ids = accepted_ids(rig.submit(url, 3))
     rig.wait_running(2)
-    # far below what Redis holds: a finished job frees its photo (and Redis its buffers), and a limit just under
-    # the reading let that swing bring the store back under its high-water mark mid-drill, so a claim went on
-    rig.redis.config_set("maxmemory", int(rig.redis.info("memory")["used_memory"]) // 2)
+    rig.fill_redis()
     wait_until(lambda: any(h.get("store", {}).get("state") == "full" for _, h in rig.health_seen[-2:]),
                what="health to say the store is full")
     refused = rig.submit(url, 3)

@@ -164,9 +164,7 @@ def test_a_submit_whose_enqueue_fails_keeps_no_rate_limit_token(tmp_path):
     """Redis refuses the job (full) after the limit took the client's token: the token goes back."""
     with Rig(tmp_path) as rig:
         url = rig.api(S2S_SUBMIT_PER_MINUTE=1, S2S_STORE_HIGH_WATER_PERCENT=0)  # only Redis's own refusal
-        # far below what Redis holds, so no swing of its own buffers brings it back under: every write that
-        # may grow memory is refused (the rate limit's script begins with one that cannot, so it takes its token)
-        rig.redis.config_set("maxmemory", int(rig.redis.info("memory")["used_memory"]) // 2)
+        rig.fill_redis()  # the rate limit's script begins with a write that cannot grow memory: it takes its token
         code, body = rig.submit(url, 1)[0]
         assert (code, body.get("code")) == (503, "storage_full"), (code, body)
         rig.redis.config_set("maxmemory", 0)
