@@ -9,6 +9,7 @@ Each test is a plain function that runs its scenario with ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 import pytest
 from rich.console import Console
 from syrupy.extensions.image import SVGImageSnapshotExtension
+from textual import events
 from textual.pilot import Pilot
 from textual.widget import Widget
 
@@ -85,8 +87,16 @@ class FakeSource:
         self.operator_error = operator_error
         self.action_error = action_error
         self.calls: list[tuple] = []
+        self.gates: dict[str, asyncio.Event] = {}  # a call named here waits for its event (a slow API)
+        self.asked: collections.Counter[str] = collections.Counter()
+
+    async def _answer(self, call: str) -> None:
+        self.asked[call] += 1
+        if call in self.gates:
+            await self.gates[call].wait()
 
     async def stats(self) -> StatsSnapshot:
+        await self._answer("stats")
         if self.down:
             raise Unreachable("Cannot reach https://s2s.example.com: Connection refused")
         return StatsSnapshot.from_json(STATS)
@@ -102,6 +112,7 @@ class FakeSource:
         return merge_job_lists({state: [JobInfo.from_json(j, state) for j in jobs] for state, jobs in JOBS.items()})
 
     async def job_detail(self, job_id: str) -> JobDetail:
+        await self._answer("job_detail")
         job = next(j for j in await self.jobs(25) if j.job_id == job_id)
         return JobDetail(job, tuple(JobEvent.from_json(e) for e in EVENTS))
 
@@ -314,6 +325,53 @@ def test_details_open_on_enter_and_actions_apply_to_that_job():
             assert app.screen is app.main
             await pilot.press("f", "f")  # all -> active -> waiting
             assert app.main.query_one(JobsTable).border_title == "jobs: waiting (1)"
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_arriving_as_its_screen_closes_breaks_nothing():
+    """The API answers as the widgets are being removed (details closed, console quit): it is dropped, no crash.
+
+    The slow API answers the moment the first widget unmounts, the worst moment for the loader.
+    """
+    source = FakeSource()
+    app = fake_app(source)
+    answer_on_unmount: set[str] = set()
+
+    def hook(message) -> None:
+        if isinstance(message, events.Unmount):
+            for call in answer_on_unmount:
+                source.gates[call].set()
+            answer_on_unmount.clear()
+
+    async def open_details(pilot: Pilot) -> JobDetailScreen:
+        asked = source.asked["job_detail"]
+        await pilot.press("enter")
+        detail = await until(pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen, "details")
+        await until(pilot, lambda: source.asked["job_detail"] > asked, "the details asked for")
+        return detail
+
+    async def scenario():
+        async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+            await until(pilot, lambda: app.refreshes >= 1, "the first refresh")
+            source.gates["job_detail"] = asyncio.Event()
+            await open_details(pilot)
+            answer_on_unmount.add("job_detail")
+            await pilot.press("escape")
+            await until(pilot, lambda: source.gates["job_detail"].is_set(), "the answer during the close")
+            assert app.screen is app.main
+            del source.gates["job_detail"]
+            detail = await open_details(pilot)
+            await until(pilot, lambda: detail.job is not None, "the reopened details to load")
+            await pilot.press("escape")
+            # and now the console quits with the details loading and a refresh out
+            source.gates.update(job_detail=asyncio.Event(), stats=asyncio.Event())
+            await open_details(pilot)
+            asked = source.asked["stats"]
+            app.action_refresh_now()
+            await until(pilot, lambda: source.asked["stats"] > asked, "the refresh asked for")
+            answer_on_unmount.update(source.gates)
+        assert all(gate.is_set() for gate in source.gates.values())
 
     asyncio.run(scenario())
 

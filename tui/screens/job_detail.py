@@ -49,7 +49,10 @@ class JobDetailScreen(ConsoleScreen):
 
     @work(exclusive=True, group="job-detail")
     async def load(self) -> None:
-        summary = self.query_one(JobSummary)
+        # The widgets are found before the wait: closing the screen removes them while the request is out,
+        # and an answer for a closed screen only updates widgets nobody sees.
+        summary, bar = self.query_one(JobSummary), self.query_one(ProgressBar)
+        events, webhooks = self.query_one(JobEventsTable), self.query_one(WebhookLogTable)
         try:
             detail = await self.source.job_detail(self.job_id)
         except ApiError as exc:
@@ -59,6 +62,6 @@ class JobDetailScreen(ConsoleScreen):
         summary.problem = ""
         summary.job = detail.job
         summary.refresh()  # the ages move on even when the job did not
-        self.query_one(ProgressBar).update(progress=detail.job.progress)
-        self.query_one(JobEventsTable).events = detail.events
-        self.query_one(WebhookLogTable).attempts = detail.webhooks
+        bar.update(progress=detail.job.progress)
+        events.events = detail.events
+        webhooks.attempts = detail.webhooks
