@@ -33,7 +33,7 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=5.9",
+        "test": ["pytest>=8,<10", "setuptools<81", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "psutil>=6.0",
                  "syrupy>=5", "PyYAML>=6",
                  "schemathesis>=4.30,<5",  # tests/test_openapi.py (engine API and config); 4.30 is the last for 3.10
                  "playwright>=1.49",  # drives the system's chromium (tests/test_browser.py); no `playwright install`
