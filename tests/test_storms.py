@@ -90,6 +90,12 @@ def stream(redis_client, job_id: str, seqs: range, last: int | None = None, paus
 
 
 
+def api_said(stack, text: str, most: int = 3) -> list[str]:
+    """The first lines of the API's log with ``text`` (why it told a socket ``unavailable``)."""
+    api = next(proc for proc in stack.processes.children if proc.args[3] == "serve")
+    return [line for line in api.log_path.read_text().splitlines() if text in line][:most]
+
+
 def assert_every_event_once(tabs, total: int) -> None:
     """What each tab shows: no error, and every event of its job from the first, once, in order."""
     assert [tab.errors for tab in tabs if tab.errors] == [], "some sockets got an error frame"
@@ -116,7 +122,8 @@ def test_a_storm_of_subscribers_to_one_job_each_gets_every_event_once(stack, red
                 ends = await asyncio.gather(*[tab.read(until) for tab in tabs])
             finally:
                 live.join(30)
-            assert Counter(ends) == {"ended": STORM}, [tab.errors[0] for tab in tabs if tab.errors][:3]
+            assert Counter(ends) == {"ended": STORM}, ([tab.errors[0] for tab in tabs if tab.errors][:3],
+                                                       api_said(stack, "subscribe failed"))
             await asyncio.gather(*[tab.ws.close() for tab in tabs])
             return tabs
 

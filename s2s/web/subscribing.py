@@ -9,9 +9,10 @@ Three things make a storm cheap and keep it from failing under its own load:
 - nothing gives up because the process is busy. The wait for the registry ends in :class:`Stalled` only
   when the registry made no progress at all for ``stall_s`` (it is wedged, not busy); a Redis read is bounded
   by the client's own timeout (``S2S_REDIS_TIMEOUT_MS``), which holds for one read per job, however many wait
-  on it. When more subscribes are in progress than the process takes (``S2S_WS_MAX_PENDING_SUBSCRIBES``) a
-  new one is refused at once with :class:`Overloaded`, which carries how long to wait (jittered), and the
-  client backs off instead of reconnecting in a tight loop.
+  on it; a read that timed out while this process's own loop stalled is tried again (:mod:`s2s.web.loop_lag`).
+  When more subscribes are in progress than the process takes (``S2S_WS_MAX_PENDING_SUBSCRIBES``) a new one
+  is refused at once with :class:`Overloaded`, which carries how long to wait (jittered), and the client
+  backs off instead of reconnecting in a tight loop.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import asyncio
 import random
 
 import pykka
+import redis.exceptions
 from attrs import define, field
 
 from s2s.actors.registry import Progress, Watcher, WatchMany
 from s2s.models import Job
 from s2s.queue import Queue
+from s2s.web.loop_lag import LoopLag
 
 OVERLOADED_RETRY_MS = 2000  # the base of the wait an overloaded process asks for; jittered up to twice that
+READ_ATTEMPTS = 3  # a shared read timed out while the loop stalled is tried again, this many times in all
 
 
 class Stalled(Exception):
@@ -67,9 +71,11 @@ class SharedReads:
     """Per job: one Redis read of the job record and/or event log at a time, shared by the sockets that wait."""
 
     queue: Queue
+    lag: LoopLag = field(factory=LoopLag)
     gathering: dict[str, _Read] = field(factory=dict)
     in_flight: dict[str, _Read] = field(factory=dict)
     reads: int = 0  # Redis reads made, for tests and the bench
+    retried: int = 0  # reads tried again after a timeout in a loop stall
 
     async def job_and_events(self, job_id: str, after_seq: int | None, with_job: bool = True
                              ) -> tuple[Job | None, list[dict]]:
@@ -88,6 +94,20 @@ class SharedReads:
             return job, []
         return job, [frame for frame in kept if frame["seq"] > after_seq]
 
+    async def _fetch(self, job_id: str, read: _Read) -> tuple[Job | None, list[dict]]:
+        """The read, again (up to READ_ATTEMPTS) when it timed out while the loop stalled: not Redis' fault."""
+        self.lag.watch()
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            started = asyncio.get_running_loop().time()
+            try:
+                job = await self.queue.get(job_id) if read.with_job else None
+                kept = [] if read.after_seq is None else await self.queue.events(job_id, read.after_seq)
+                return job, kept
+            except (redis.exceptions.TimeoutError, asyncio.TimeoutError):
+                if attempt == READ_ATTEMPTS or not self.lag.stalled_since(started):
+                    raise
+                self.retried += 1
+
     def _start(self, job_id: str) -> None:
         read = self.gathering.pop(job_id, None)
         if read is None:
@@ -98,8 +118,7 @@ class SharedReads:
     async def _read(self, job_id: str, read: _Read) -> None:
         self.reads += 1
         try:
-            job = await self.queue.get(job_id) if read.with_job else None
-            kept = [] if read.after_seq is None else await self.queue.events(job_id, read.after_seq)
+            job, kept = await self._fetch(job_id, read)
         except BaseException as exc:  # noqa: BLE001 - every waiter gets the failure, whatever it is
             read.answer.set_exception(exc)
             read.answer.exception()  # retrieved: no "never retrieved" noise when all waiters left
