@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from s2s import connections, deletion, scripts
 from s2s.claims import Claim, ClaimBatch, parse_claims
@@ -224,14 +225,26 @@ class Queue:
         keys, args = self._claim_args(worker_id, count)
         return parse_claims(await scripts.call(self.redis, "claim", keys, args))
 
-    async def wait_for_work(self, timeout: float) -> bool:
-        """Block until the waiting list is non-empty (or ``timeout`` s pass), taking nothing.
+    async def wait_and_claim(self, worker_id: str, count: int, timeout: float) -> ClaimBatch:
+        """Block until the waiting list is non-empty (or ``timeout`` s pass), then claim up to ``count`` jobs.
 
-        BLMOVE from the list to itself rotates one id back in place: a blocking peek.
+        One pipeline: a BLMOVE from the list to itself (a blocking peek: it rotates one id back in place,
+        taking nothing), then the claim script. Redis holds the script behind the blocked command and runs
+        it the moment a job arrives, so an idle worker's job starts in Redis' own event loop, not one round
+        trip to the worker and back later.
+        The claim always runs and its answer is never dropped: a BLMOVE that failed still leaves the claim's.
         """
         k = self.keys
-        got = await self.redis.blmove(k.waiting, k.waiting, min(timeout, self.max_block_s), "RIGHT", "RIGHT")
-        return got is not None
+        keys, args = self._claim_args(worker_id, count)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.blmove(k.waiting, k.waiting, min(timeout, self.max_block_s), "RIGHT", "RIGHT")
+        pipe.execute_command(*scripts.evalsha("claim", keys, args))
+        _, claimed = await pipe.execute(raise_on_error=False)
+        if isinstance(claimed, NoScriptError):  # a restarted Redis forgot the script: it did not run
+            return await self.claim(worker_id, count)
+        if isinstance(claimed, Exception):
+            raise claimed
+        return parse_claims(claimed)
 
     async def load_photo(self, job_id: str) -> bytes | None:
         """The job's prepared photo from the blob store; None once it expired or was deleted.

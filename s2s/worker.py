@@ -147,6 +147,8 @@ class Worker:
 
     # ---- fetching --------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
+        """Claim while slots are free; with none to claim, wait for work and claim in the same pipeline."""
+        wait_s = None  # set: the last claim found nothing, so the next one waits for work first
         while not self._draining:
             free = self.concurrency - len(self._running)
             if free <= 0:
@@ -157,14 +159,19 @@ class Worker:
                 await asyncio.sleep(1.0)
                 continue
             try:
-                batch = await self.queue.claim(self.id, free)
+                if wait_s is None:
+                    batch = await self.queue.claim(self.id, free)
+                else:
+                    batch = await self.queue.wait_and_claim(self.id, free, wait_s)
             except redis.exceptions.RedisError as exc:
+                wait_s = None
                 if redis_memory.is_out_of_memory(exc):
                     self._note_store(self.queue.memory.refused())
                     continue
                 log.warning("cannot claim jobs; retrying", extra={"worker": self.id, "error": str(exc)})
                 await asyncio.sleep(1.0)
                 continue
+            wait_s = None
             for claim in batch.claims:
                 self._place(claim)
             if batch.claims:
@@ -176,13 +183,9 @@ class Worker:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            timeout = WAIT_FOR_WORK_S
+            wait_s = WAIT_FOR_WORK_S
             if batch.next_delayed_ms is not None:
-                timeout = min(timeout, max(0.01, (batch.next_delayed_ms - batch.now_ms) / 1000))
-            try:
-                await self.queue.wait_for_work(timeout)
-            except redis.exceptions.RedisError:
-                await asyncio.sleep(0.5)
+                wait_s = min(wait_s, max(0.01, (batch.next_delayed_ms - batch.now_ms) / 1000))
 
     def _place(self, claim: Claim) -> None:
         """A claimed job: started if a slot is free, else buffered (claim-ahead), or back at once if draining."""

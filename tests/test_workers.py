@@ -57,6 +57,20 @@ def test_a_photo_becomes_a_storybook_cover_end_to_end(stack):
     assert [e["seq"] for e in stack.events(job_id)] == list(range(1, len(stack.events(job_id)) + 1))
 
 
+def test_a_job_for_an_idle_worker_starts_though_redis_forgot_the_claim_script_while_it_waited(stack, redis_client):
+    """An idle worker's wait (BLMOVE) and claim go out as one pipeline, the claim held in Redis behind the
+    wait. A Redis that forgot its scripts meanwhile (a restart; here SCRIPT FLUSH) refuses that claim with
+    NOSCRIPT when the job comes; the worker claims again, and the job runs once."""
+    url = stack.api()
+    worker = stack.worker(S2S_PROVIDER="noop", S2S_NOOP_DELAY_MS=0)
+    wait_until(lambda: any(client.get("cmd") == "blmove" for client in redis_client.client_list()),
+               timeout=30, what="the worker to wait for work")
+    redis_client.script_flush()
+    job = wait_status(url, submit(url, heroName="Ada"), "completed")
+    assert (job["attempts"], job["provider"]) == (1, "noop"), job
+    assert "cannot claim jobs" not in worker.log_path.read_text(), "the refused claim was taken for a failure"
+
+
 @pytest.mark.drill  # a process killed, frozen or drained: tox's drills env
 def test_a_job_whose_worker_is_killed_completes_once_on_another(stack):
     url = stack.api()
