@@ -232,19 +232,23 @@ class Queue:
         taking nothing), then the claim script. Redis holds the script behind the blocked command and runs
         it the moment a job arrives, so an idle worker's job starts in Redis' own event loop, not one round
         trip to the worker and back later.
-        The claim always runs and its answer is never dropped: a BLMOVE that failed still leaves the claim's.
+        The claim always runs and its answer is never dropped. A wait refused at once (a full Redis refuses
+        BLMOVE) with nothing claimed raises its error, so the caller backs off instead of spinning.
         """
         k = self.keys
         keys, args = self._claim_args(worker_id, count)
         pipe = self.redis.pipeline(transaction=False)
         pipe.blmove(k.waiting, k.waiting, min(timeout, self.max_block_s), "RIGHT", "RIGHT")
         pipe.execute_command(*scripts.evalsha("claim", keys, args))
-        _, claimed = await pipe.execute(raise_on_error=False)
+        waited, claimed = await pipe.execute(raise_on_error=False)
         if isinstance(claimed, NoScriptError):  # a restarted Redis forgot the script: it did not run
             return await self.claim(worker_id, count)
         if isinstance(claimed, Exception):
             raise claimed
-        return parse_claims(claimed)
+        batch = parse_claims(claimed)
+        if isinstance(waited, Exception) and not batch.claims:
+            raise waited
+        return batch
 
     async def load_photo(self, job_id: str) -> bytes | None:
         """The job's prepared photo from the blob store; None once it expired or was deleted.

@@ -41,11 +41,6 @@ class LoopLag:
         self.loop, self.last_tick = loop, loop.time()
         self._handle = loop.call_later(TICK_S, self._tick)
 
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self.loop = self._handle = None
-
     def _tick(self) -> None:
         now = self.loop.time()
         if now - self.last_tick - TICK_S > self.stall_s:
