@@ -158,20 +158,19 @@ class Worker:
             if self._store_full:  # the heartbeat loop reads how full Redis is, once a second
                 await asyncio.sleep(1.0)
                 continue
+            waiting, wait_s = wait_s, None
             try:
-                if wait_s is None:
+                if waiting is None:
                     batch = await self.queue.claim(self.id, free)
                 else:
-                    batch = await self.queue.wait_and_claim(self.id, free, wait_s)
+                    batch = await self.queue.wait_and_claim(self.id, free, waiting)
             except redis.exceptions.RedisError as exc:
-                wait_s = None
                 if redis_memory.is_out_of_memory(exc):
                     self._note_store(self.queue.memory.refused())
                     continue
                 log.warning("cannot claim jobs; retrying", extra={"worker": self.id, "error": str(exc)})
                 await asyncio.sleep(1.0)
                 continue
-            wait_s = None
             for claim in batch.claims:
                 self._place(claim)
             if batch.claims:

@@ -92,7 +92,7 @@ def stream(redis_client, job_id: str, seqs: range, last: int | None = None, paus
 
 def api_said(stack, text: str, most: int = 3) -> list[str]:
     """The first lines of the API's log with ``text`` (why it told a socket ``unavailable``)."""
-    api = next(proc for proc in stack.processes.children if proc.args[3] == "serve")
+    api = next(proc for proc in stack.processes.children if proc.log_path.name.startswith("api-"))
     return [line for line in api.log_path.read_text().splitlines() if text in line][:most]
 
 
